@@ -1,0 +1,305 @@
+"""A whole Airflow on this machine, as separate processes, and a REST client for it.
+
+Used by the demo (`make demo`) and by the end-to-end tests, so both exercise the same set-up a platform
+team runs: metadata database (SQLite here), scheduler, dag-processor, triggerer and api-server, the
+provider's DAGs and plugins from the repository, and Airflow's REST API v2 with a JWT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    port: int = 8080
+    production_port: int = 8501
+    dataset_dir: str | None = None
+    # user name -> (role, password); roles of Airflow's simple auth manager: admin, op, user, viewer.
+    users: dict[str, tuple[str, str]] = field(default_factory=lambda: {"admin": ("admin", "admin")})
+    executor: str = "LocalExecutor"
+    sql_alchemy_conn: str | None = None
+    dags_folder: Path = REPO_ROOT / "dags"
+    plugins_folder: Path = REPO_ROOT / "plugins"
+    parallelism: int = 8
+    extra_config: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class AirflowStack:
+    """Start and stop the Airflow components for `config.home` (AIRFLOW_HOME)."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.home = config.home.resolve()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.port}"
+
+    def write_config(self) -> None:
+        """airflow.cfg in AIRFLOW_HOME, so the user's own `airflow ...` commands see the same Airflow."""
+        cfg = self.config
+        self.home.mkdir(parents=True, exist_ok=True)
+        secret_file = self.home / ".jwt_secret"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(32))
+        jwt_secret = secret_file.read_text().strip()
+        sections: dict[str, dict[str, str]] = {
+            "core": {
+                "dags_folder": str(cfg.dags_folder),
+                "plugins_folder": str(cfg.plugins_folder),
+                "executor": cfg.executor,
+                "load_examples": "False",
+                "dags_are_paused_at_creation": "False",
+                "parallelism": str(cfg.parallelism),
+                "execution_api_server_url": f"{self.url}/execution/",
+                "simple_auth_manager_users": ",".join(f"{u}:{role}" for u, (role, _) in cfg.users.items()),
+                "simple_auth_manager_passwords_file": str(self.home / "passwords.json"),
+            },
+            "database": {
+                "sql_alchemy_conn": cfg.sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}",
+            },
+            "api": {"port": str(cfg.port), "host": "127.0.0.1", "base_url": self.url, "workers": "1"},
+            "api_auth": {"jwt_secret": jwt_secret},
+            "logging": {"base_log_folder": str(self.home / "logs")},
+            "scheduler": {"standalone_dag_processor": "True"},
+            "dag_processor": {"refresh_interval": "5", "min_file_process_interval": "30"},
+            "mlpipe": {
+                "model_store": (self.home / "mlpipe" / "models").as_uri(),
+                "local_state_dir": str(self.home / "mlpipe" / "state"),
+                "production_port": str(cfg.production_port),
+            },
+        }
+        for section, values in cfg.extra_config.items():
+            sections.setdefault(section, {}).update(values)
+        text = "".join(
+            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items()) + "\n"
+            for name, values in sections.items()
+        )
+        (self.home / "airflow.cfg").write_text(text)
+        (self.home / "passwords.json").write_text(json.dumps({u: pw for u, (_, pw) in cfg.users.items()}))
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+        env["AIRFLOW_HOME"] = str(self.home)
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.config.dataset_dir:
+            env["MLPIPE_DATASET_DIR"] = self.config.dataset_dir
+        return env
+
+    def airflow(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one `airflow` CLI command against this stack."""
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 240) -> None:
+        self.write_config()
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        self.airflow("db", "migrate")
+        for component in components:
+            self.start_component(component)
+        self.wait_healthy(timeout)
+
+    def start_component(self, component: str) -> subprocess.Popen[bytes]:
+        log = (self.home / "logs" / f"{component}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", component],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs[component] = proc
+        return proc
+
+    def kill_component(self, component: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(component)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+
+    def wait_healthy(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"Airflow {name} exited with {proc.returncode}; see {self.home / 'logs' / (name + '.log')}"
+                    )
+            try:
+                resp = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5)
+                last = resp.json()
+                wanted = ["metadatabase"] + [
+                    c.replace("-", "_")
+                    for c in self.procs
+                    if c in ("scheduler", "triggerer", "dag-processor")
+                ]
+                if resp.ok and all(last.get(part, {}).get("status") == "healthy" for part in wanted):
+                    return
+            except (requests.RequestException, ValueError) as err:
+                last = err
+            time.sleep(2)
+        raise TimeoutError(f"Airflow at {self.url} not healthy after {timeout:.0f} s: {last}")
+
+    def stop(self, timeout: float = 30) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def stop_local_runtime(self) -> list[str]:
+        """Stop every process the local runtime started under this home (serving endpoints, training)."""
+        from airflow_provider_mlpipe.hooks.local_process import RUNNING, LocalProcessHook
+
+        hook = LocalProcessHook(str(self.home / "mlpipe" / "state"))
+        stopped = []
+        if hook.state_dir.is_dir():
+            for pdir in sorted(hook.state_dir.iterdir()):
+                if pdir.is_dir() and ".attempt-" not in pdir.name and hook.status(pdir.name).state == RUNNING:
+                    hook.stop(pdir.name)
+                    stopped.append(pdir.name)
+        return stopped
+
+    def client(self, user: str = "admin") -> AirflowClient:
+        return AirflowClient(self.url, user, self.config.users[user][1])
+
+
+class AirflowClient:
+    """The few calls of Airflow's REST API v2 the demo and tests need."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url
+        self.username = username
+        self.session = requests.Session()
+        resp = self.session.post(
+            f"{url}/auth/token", json={"username": username, "password": password}, timeout=30
+        )
+        resp.raise_for_status()
+        self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.request(method, f"{self.url}/api/v2{path}", timeout=30, **kwargs)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.request(method, path, **kwargs)
+        if not resp.ok:
+            raise RuntimeError(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
+        return resp.json() if resp.content else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            resp = self.request("GET", f"/dags/{dag_id}")
+            if resp.ok:
+                return dict(resp.json())
+            time.sleep(2)
+        raise TimeoutError(f"DAG {dag_id} not parsed within {timeout:.0f} s")
+
+    def unpause(self, dag_id: str) -> None:
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> str:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return str(self.call("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        body = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        body = self.call(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"deserialize": True},
+        )
+        return body["value"]
+
+    def respond(
+        self, dag_id: str, run_id: str, task_id: str, option: str, *, settle: float = 5.0
+    ) -> requests.Response:
+        """Answer a human-in-the-loop task (Approve / Reject) as this client's user.
+
+        Airflow 3.3.2 races a response that arrives within about a second of the task parking: the
+        scheduler then handles the parked attempt's late executor event after the resume and fails the
+        task ("finished with state success, but the task instance's state attribute is queued"). A
+        person never answers that fast; a script must, so it lets the task settle first.
+        """
+        time.sleep(settle)
+        return self.request(
+            "PATCH",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+            json={"chosen_options": [option], "params_input": {}},
+        )
+
+    def wait_for_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        *,
+        timeout: float,
+        until_task: tuple[str, str] | None = None,
+        on_change: Any = None,
+    ) -> dict[str, str | None]:
+        """Poll until the run ends (or `until_task` = (task_id, state) is reached); report changes."""
+        deadline = time.monotonic() + timeout
+        seen: dict[str, str | None] = {}
+        while time.monotonic() < deadline:
+            states = self.task_states(dag_id, run_id)
+            if on_change:
+                for task_id, state in states.items():
+                    if seen.get(task_id, "-") != state:
+                        on_change(task_id, state)
+            seen = states
+            if until_task and states.get(until_task[0]) == until_task[1]:
+                return states
+            if self.run_state(dag_id, run_id) in ("success", "failed"):
+                return self.task_states(dag_id, run_id)
+            time.sleep(1)
+        raise TimeoutError(f"run {run_id} of {dag_id} not finished within {timeout:.0f} s; tasks: {seen}")

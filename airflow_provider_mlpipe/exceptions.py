@@ -1,0 +1,41 @@
+"""Every error the provider raises, in one place.
+
+Messages name the resource (model, version, endpoint, file, field) and the reason, so an on-call engineer
+can act on the task log line alone.
+"""
+
+from __future__ import annotations
+
+
+class MlpipeError(Exception):
+    """Base class of every error raised by airflow-provider-mlpipe."""
+
+
+class ConfigError(MlpipeError, ValueError):
+    """A parameter, flag or connection field has a value the pipeline cannot use."""
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field}={value!r} is invalid: expected {expected}")
+
+
+class DatasetError(MlpipeError, ValueError):
+    """The dataset location is missing a file or holds data of the wrong shape."""
+
+
+class ModelStoreError(MlpipeError):
+    """A model store operation failed (missing version, corrupt file, unreadable manifest)."""
+
+
+class AliasConflictError(ModelStoreError):
+    """Another run changed an alias between our read and our write (compare-and-swap lost)."""
+
+
+class TrainingError(MlpipeError):
+    """The training process or Job failed; the message carries the reason and the last log lines."""
+
+
+class ServingError(MlpipeError):
+    """A serving endpoint could not be started, did not become AVAILABLE, or answered with an error."""

@@ -1,0 +1,340 @@
+"""The model store's rules: layout, reservation, atomic publish, integrity and aliases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, ModelStoreError
+from airflow_provider_mlpipe.modelstore.backends import Backend, FileBackend
+
+MARKER = "_PUBLISHED"
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+ALIASES = ("production", "staging", "previous")
+_RESERVATIONS = "_reservations"
+_ALIAS_DIR = "_aliases"
+_EVENTS = "_events"
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+_CHUNK = 1 << 20
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_model_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(
+            "model_name", name, "1-63 lowercase letters, digits, '-' or '_', starting and ending alphanumeric"
+        )
+    return name
+
+
+def check_version(version: object) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError("version", version, "an integer >= 1")
+    return version
+
+
+def published_versions_in_dir(base: Path) -> list[int]:
+    """Versions under a TF-Serving style base path `<root>/<model>` that carry the completion marker."""
+    if not base.is_dir():
+        return []
+    return sorted(
+        int(child.name)
+        for child in base.iterdir()
+        if child.name.isdigit() and int(child.name) > 0 and (child / MARKER).is_file()
+    )
+
+
+def open_store(uri: str) -> ModelStore:
+    """Open a store from `file:///abs/path`, a plain path, or (with the OSS backend) `oss://bucket/prefix`."""
+    if not uri or not isinstance(uri, str):
+        raise ConfigError("model_store", uri, "a store URI such as file:///var/mlpipe/models or a path")
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise ConfigError("model_store", uri, "file:///absolute/path (no host part)")
+        return ModelStore(FileBackend(path))
+    raise ConfigError("model_store", uri, "a file:// URI or a local path (oss:// needs the OSS backend)")
+
+
+class ModelStore:
+    """Every version is immutable once its marker exists; aliases are append-only histories."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @property
+    def uri(self) -> str:
+        return self.backend.uri
+
+    def version_uri(self, model_name: str, version: int) -> str:
+        return f"{self.uri}/{check_model_name(model_name)}/{check_version(version)}"
+
+    def local_version_dir(self, model_name: str, version: int) -> Path:
+        path = self.backend.local_path(f"{check_model_name(model_name)}/{check_version(version)}")
+        if path is None:
+            raise ModelStoreError(f"{self.uri} is not a local store: fetch {model_name} v{version} first")
+        return path
+
+    def model_base_dir(self, model_name: str) -> Path:
+        path = self.backend.local_path(check_model_name(model_name))
+        if path is None:
+            raise ModelStoreError(f"{self.uri} is not a local store")
+        return path
+
+    # -- versions -------------------------------------------------------------------------------------
+
+    def is_published(self, model_name: str, version: int) -> bool:
+        return self.backend.exists(f"{check_model_name(model_name)}/{check_version(version)}/{MARKER}")
+
+    def published_versions(self, model_name: str) -> list[int]:
+        name = check_model_name(model_name)
+        candidates = [int(c) for c in self.backend.list_children(name) if c.isdigit() and int(c) > 0]
+        return sorted(v for v in candidates if self.backend.exists(f"{name}/{v}/{MARKER}"))
+
+    def _reservations(self, model_name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        prefix = f"{model_name}/{_RESERVATIONS}"
+        for child in self.backend.list_children(prefix):
+            stem = child.removesuffix(".json")
+            if stem.isdigit():
+                yield int(stem), json.loads(self.backend.get_bytes(f"{prefix}/{child}"))
+
+    def reserve_version(self, model_name: str, run_id: str, *, attempts: int = 20) -> int:
+        """The version this run publishes: the same one on every retry, a new highest one otherwise."""
+        name = check_model_name(model_name)
+        if not run_id:
+            raise ConfigError("run_id", run_id, "a non-empty run id")
+        for _ in range(attempts):
+            taken = set(self.published_versions(name))
+            for version, record in self._reservations(name):
+                if record.get("run_id") == run_id:
+                    return version
+                taken.add(version)
+            candidate = max(taken, default=0) + 1
+            record = {"run_id": run_id, "reserved_at": _now()}
+            # Two runs racing for the same number: exactly one create succeeds, the other re-reads.
+            if self.backend.put_if_absent(
+                f"{name}/{_RESERVATIONS}/{candidate}.json", json.dumps(record).encode()
+            ):
+                return candidate
+        raise ModelStoreError(f"could not reserve a version of {name} in {self.uri} after {attempts} tries")
+
+    def publish(
+        self, model_name: str, version: int, src_dir: Path, manifest: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Copy `src_dir` into the version, write the manifest, then the marker (last, so readers never see
+        a half-published version). Idempotent: a published version is returned as it is."""
+        name, version = check_model_name(model_name), check_version(version)
+        prefix = f"{name}/{version}"
+        if self.is_published(name, version):
+            return self.read_manifest(name, version)
+        src_dir = Path(src_dir)
+        if not src_dir.is_dir():
+            raise ModelStoreError(f"cannot publish {name} v{version}: {src_dir} is not a directory")
+        # A crashed earlier attempt may have left a partial upload: start clean.
+        self.backend.delete_prefix(prefix)
+        files = []
+        for path in sorted(p for p in src_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(src_dir).as_posix()
+            if rel in (MANIFEST, MARKER):
+                continue
+            files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
+            self.backend.put_file(f"{prefix}/{rel}", path)
+        final = {
+            **manifest,
+            "model_name": name,
+            "version": version,
+            "uri": self.version_uri(name, version),
+            "files": files,
+            "created_at": _now(),
+        }
+        body = json.dumps(final, indent=2, sort_keys=True).encode()
+        self.backend.put_bytes(f"{prefix}/{MANIFEST}", body)
+        self.backend.put_bytes(
+            f"{prefix}/{MARKER}", json.dumps({"manifest_sha256": hashlib.sha256(body).hexdigest()}).encode()
+        )
+        return final
+
+    def read_manifest(self, model_name: str, version: int) -> dict[str, Any]:
+        name, version = check_model_name(model_name), check_version(version)
+        if not self.is_published(name, version):
+            raise ModelStoreError(f"{self.uri}/{name}/{version} is not a published version")
+        data: dict[str, Any] = json.loads(self.backend.get_bytes(f"{name}/{version}/{MANIFEST}"))
+        return data
+
+    def fetch(self, model_name: str, version: int, dest: Path) -> Path:
+        """Download a published version into `dest/<version>` and verify every file's sha256."""
+        manifest = self.read_manifest(model_name, version)
+        target = Path(dest) / str(version)
+        with tempfile.TemporaryDirectory(dir=dest, prefix=f".{version}.") as tmp:
+            staging = Path(tmp)
+            for entry in manifest["files"]:
+                out = staging / entry["path"]
+                self.backend.get_file(f"{model_name}/{version}/{entry['path']}", out)
+                actual = sha256_file(out)
+                if actual != entry["sha256"]:
+                    raise ModelStoreError(
+                        f"{self.uri}/{model_name}/{version}/{entry['path']}: sha256 {actual} does not match "
+                        f"the manifest's {entry['sha256']}"
+                    )
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            (staging / MARKER).write_text("{}")
+            if target.exists():
+                raise ModelStoreError(f"cannot fetch {model_name} v{version}: {target} already exists")
+            staging.rename(target)
+            # TemporaryDirectory cleanup must not fail on the renamed path.
+            staging.mkdir()
+        return target
+
+    def record_event(self, model_name: str, version: int, record: dict[str, Any]) -> None:
+        """Keep a run's decision about a version (promoted, rejected and why) next to the model."""
+        name, version = check_model_name(model_name), check_version(version)
+        run = re.sub(r"[^A-Za-z0-9_.-]", "_", str(record.get("run", "run")))
+        body = json.dumps({**record, "recorded_at": _now()}, sort_keys=True, default=str).encode()
+        self.backend.put_bytes(f"{name}/{_EVENTS}/{version}/{run}.json", body)
+
+    def events(self, model_name: str, version: int) -> list[dict[str, Any]]:
+        prefix = f"{check_model_name(model_name)}/{_EVENTS}/{check_version(version)}"
+        return [
+            json.loads(self.backend.get_bytes(f"{prefix}/{c}")) for c in self.backend.list_children(prefix)
+        ]
+
+    # -- aliases --------------------------------------------------------------------------------------
+
+    def alias_history(self, model_name: str, alias: str) -> list[dict[str, Any]]:
+        name = check_model_name(model_name)
+        prefix = f"{name}/{_ALIAS_DIR}/{self._check_alias(alias)}"
+        return [
+            json.loads(self.backend.get_bytes(f"{prefix}/{child}"))
+            for child in self.backend.list_children(prefix)
+            if child.removesuffix(".json").isdigit()
+        ]
+
+    def get_alias(self, model_name: str, alias: str) -> dict[str, Any] | None:
+        history = self.alias_history(model_name, alias)
+        return history[-1] if history else None
+
+    @staticmethod
+    def _check_alias(alias: str) -> str:
+        if alias not in ALIASES:
+            raise ConfigError("alias", alias, f"one of {', '.join(ALIASES)}")
+        return alias
+
+    def set_alias(
+        self,
+        model_name: str,
+        alias: str,
+        version: int,
+        *,
+        expected_generation: int | None,
+        run_id: str,
+        approved_by: str | None = None,
+        reason: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Point `alias` at `version` if nobody moved it since generation `expected_generation` was read
+        (None: the alias must not exist yet). Raises AliasConflictError when another writer won."""
+        name, version = check_model_name(model_name), check_version(version)
+        self._check_alias(alias)
+        if not self.is_published(name, version):
+            raise ModelStoreError(f"cannot point {alias} at {name} v{version}: version is not published")
+        generation = (expected_generation or 0) + 1
+        record = {
+            "alias": alias,
+            "model_name": name,
+            "version": version,
+            "generation": generation,
+            "run_id": run_id,
+            "approved_by": approved_by,
+            "reason": reason,
+            "updated_at": _now(),
+            **(extra or {}),
+        }
+        key = f"{name}/{_ALIAS_DIR}/{alias}/{generation:010d}.json"
+        if not self.backend.put_if_absent(key, json.dumps(record, sort_keys=True).encode()):
+            current = self.get_alias(name, alias)
+            raise AliasConflictError(
+                f"alias {alias} of {name} was changed by run {current and current.get('run_id')!r} "
+                f"(now generation {current and current.get('generation')}, version "
+                f"{current and current.get('version')}) while run {run_id!r} tried to set it to v{version}"
+            )
+        return record
+
+    def promote(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        run_id: str,
+        approved_by: str | None,
+        extra: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Move `production` to `version`, recording the version it replaces under `previous`."""
+        current = self.get_alias(model_name, "production")
+        if current and current["version"] == version:
+            return current
+        record = self.set_alias(
+            model_name,
+            "production",
+            version,
+            expected_generation=current["generation"] if current else None,
+            run_id=run_id,
+            approved_by=approved_by,
+            reason="promoted",
+            extra=extra,
+        )
+        if current:
+            prev = self.get_alias(model_name, "previous")
+            self.set_alias(
+                model_name,
+                "previous",
+                current["version"],
+                expected_generation=prev["generation"] if prev else None,
+                run_id=run_id,
+                reason=f"replaced by v{version}",
+            )
+        return record
+
+    def rollback(
+        self, model_name: str, *, run_id: str, requested_by: str | None, reason: str
+    ) -> dict[str, Any]:
+        """Move `production` back to the version it pointed at before its current one."""
+        history = self.alias_history(model_name, "production")
+        if not history:
+            raise ModelStoreError(f"{model_name} has no production alias in {self.uri}: nothing to roll back")
+        current = history[-1]
+        earlier = [h for h in history[:-1] if h["version"] != current["version"]]
+        if not earlier:
+            raise ModelStoreError(
+                f"{model_name} production v{current['version']} has no earlier version to roll back to"
+            )
+        target = earlier[-1]
+        return self.set_alias(
+            model_name,
+            "production",
+            target["version"],
+            expected_generation=current["generation"],
+            run_id=run_id,
+            approved_by=requested_by,
+            reason=f"rollback from v{current['version']}: {reason}",
+            extra={key: target[key] for key in ("accuracy",) if key in target},
+        )

@@ -1,0 +1,100 @@
+"""AccuracyGateOperator: branch on the staging accuracy, against a floor and against production."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseBranchOperator
+
+from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
+from airflow_provider_mlpipe.validation import check_fraction
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def decide(
+    accuracy: float, min_accuracy: float, max_regression: float, production: dict[str, Any] | None
+) -> tuple[bool, str, float | None]:
+    """(passed, reason, production accuracy) for a candidate against the floor and the production model."""
+    prod_acc = production.get("accuracy") if production else None
+    if accuracy < min_accuracy:
+        return False, f"accuracy {accuracy:.4f} is below min_accuracy {min_accuracy:.4f}", prod_acc
+    if isinstance(prod_acc, (int, float)) and accuracy < prod_acc - max_regression:
+        return (
+            False,
+            f"accuracy {accuracy:.4f} is worse than production v{production and production.get('version')} "
+            f"({prod_acc:.4f}) by more than max_regression {max_regression:.4f}",
+            float(prod_acc),
+        )
+    return (
+        True,
+        f"accuracy {accuracy:.4f} >= {min_accuracy:.4f} and within {max_regression} of production",
+        prod_acc,
+    )
+
+
+class AccuracyGateOperator(BaseBranchOperator):
+    """Follow `pass_task_id` if the candidate is good enough, else `fail_task_id`.
+
+    The decision (with its reason and the production figure it was compared with) is pushed as XCom
+    key `decision`.
+    """
+
+    template_fields: Sequence[str] = (
+        *BaseBranchOperator.template_fields,
+        "metrics",
+        "min_accuracy",
+        "max_regression",
+        "model_name",
+        "model_store",
+    )
+
+    def __init__(
+        self,
+        *,
+        metrics: dict[str, Any] | Any,
+        min_accuracy: float | str,
+        max_regression: float | str = 0.0,
+        pass_task_id: str,
+        fail_task_id: str,
+        model_name: str = "fashion_mnist",
+        model_store: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+        self.min_accuracy = min_accuracy
+        self.max_regression = max_regression
+        self.pass_task_id = pass_task_id
+        self.fail_task_id = fail_task_id
+        self.model_name = model_name
+        self.model_store = model_store
+
+    @cached_property
+    def store_hook(self) -> ModelStoreHook:
+        return ModelStoreHook(self.model_store)
+
+    def choose_branch(self, context: Context) -> str | Iterable[str]:
+        if not isinstance(self.metrics, dict) or not isinstance(self.metrics.get("accuracy"), (int, float)):
+            raise ConfigError("metrics", self.metrics, "the AccuracySensor's XCom with a numeric 'accuracy'")
+        accuracy = float(self.metrics["accuracy"])
+        floor = check_fraction("min_accuracy", self.min_accuracy)
+        regression = check_fraction("max_regression", self.max_regression)
+        production = self.store_hook.production_record(self.model_name)
+        passed, reason, prod_acc = decide(accuracy, floor, regression, production)
+        decision = {
+            "passed": passed,
+            "reason": reason,
+            "accuracy": accuracy,
+            "min_accuracy": floor,
+            "max_regression": regression,
+            "production_version": production.get("version") if production else None,
+            "production_accuracy": prod_acc,
+        }
+        context["ti"].xcom_push(key="decision", value=decision)
+        self.log.info("Accuracy gate %s: %s", "passed" if passed else "FAILED", reason)
+        return self.pass_task_id if passed else self.fail_task_id

@@ -1,0 +1,132 @@
+"""ApprovalSensor: a human approves or rejects a model version, in the Airflow UI or through the REST API.
+
+Built on Airflow's human-in-the-loop ApprovalOperator: the request appears under "Required actions",
+the task waits in `awaiting_input` (no worker slot, no trigger), and a rejection skips the production
+branch. The body shows the evidence needed to decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+from airflow_provider_mlpipe.datasets.fashion_mnist import CLASS_NAMES
+from airflow_provider_mlpipe.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value in (None, "") else str(value))
+
+
+def render_evidence(evidence: dict[str, Any]) -> str:
+    """Markdown body of the approval request."""
+    training = evidence.get("training") or {}
+    staging = evidence.get("staging") or {}
+    gate = evidence.get("gate") or {}
+    production = gate.get("production_accuracy")
+    lines = [
+        f"### {training.get('model_name', '?')} version {training.get('version', '?')}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Image | `{_fmt(training.get('image'))}` |",
+        f"| Digest | `{_fmt(training.get('digest'))}` |",
+        f"| Staging endpoint | {_fmt(staging.get('endpoint_url'))} |",
+        f"| Accuracy (staging, {_fmt(staging.get('samples'))} test images) | **{_fmt(staging.get('accuracy'))}** |",
+        f"| Threshold (min_accuracy) | {_fmt(gate.get('min_accuracy'))} |",
+        f"| Production now | {_fmt(gate.get('production_version'))} at accuracy {_fmt(production)} |",
+        f"| Allowed regression | {_fmt(gate.get('max_regression'))} |",
+        f"| Training test accuracy | {_fmt(training.get('test_accuracy'))} |",
+        "",
+        "Per-class accuracy (staging):",
+        "",
+        "| class | accuracy |",
+        "|---|---|",
+    ]
+    per_class = staging.get("per_class_accuracy") or {}
+    for index, name in enumerate(CLASS_NAMES):
+        lines.append(f"| {index} {name} | {_fmt(per_class.get(str(index)))} |")
+    return "\n".join(lines)
+
+
+class ApprovalSensor(ApprovalOperator):
+    """Ask `approvers` to approve the model version described by `evidence`; timeout means Reject.
+
+    :param evidence: dict with `training` (train XCom), `staging` (AccuracySensor XCom) and `gate`
+        (accuracy gate decision); XComArgs resolve at run time.
+    :param approvers: Airflow user names allowed to answer; default: the run's `approvers` param.
+    :param response_timeout_minutes: how long to wait; default: the run's `approval_timeout_minutes`
+        param, else 24 hours. On timeout the default answer, Reject, applies.
+    """
+
+    template_fields: Sequence[str] = (
+        *ApprovalOperator.template_fields,
+        "evidence",
+        "approvers",
+        "response_timeout_minutes",
+    )
+    ui_color = "#e8daef"
+
+    def __init__(
+        self,
+        *,
+        evidence: dict[str, Any] | Any,
+        approvers: list[str] | None = None,
+        response_timeout_minutes: int | str | None = None,
+        subject: str = "Approve model for production?",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(subject=subject, defaults=self.REJECT, **kwargs)
+        self.evidence = evidence
+        self.approvers = approvers
+        self.response_timeout_minutes = response_timeout_minutes
+
+    def execute(self, context: Context) -> Any:
+        params = context["params"]
+        approvers = self.approvers if self.approvers is not None else params.get("approvers")
+        if (
+            not isinstance(approvers, list)
+            or not approvers
+            or not all(isinstance(a, str) and a for a in approvers)
+        ):
+            raise ConfigError("approvers", approvers, "a non-empty list of Airflow user names")
+        minutes_raw = self.response_timeout_minutes or params.get("approval_timeout_minutes") or 24 * 60
+        try:
+            minutes = int(minutes_raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "approval_timeout_minutes", minutes_raw, "a whole number of minutes >= 1"
+            ) from None
+        if minutes < 1:
+            raise ConfigError("approval_timeout_minutes", minutes_raw, "a whole number of minutes >= 1")
+        evidence = self.evidence if isinstance(self.evidence, dict) else {}
+        self.assigned_users = [{"id": name, "name": name} for name in approvers]
+        self.response_timeout = timedelta(minutes=minutes)
+        training = evidence.get("training") or {}
+        self.subject = (
+            f"Approve {training.get('model_name', 'model')} v{training.get('version', '?')} for production?"
+        )
+        self.body = render_evidence(evidence)
+        self.log.info("Approval requested from %s (timeout %s min, then Reject)", approvers, minutes)
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        # Pushed before the parent's execute_complete: on Reject it skips downstream by raising, which
+        # drops the return value, and the run's outcome must still say who rejected.
+        if "error" not in event:
+            user = event.get("responded_by_user")
+            decision = {
+                "chosen_options": event.get("chosen_options"),
+                "responded_by_user": user,
+                "responded_at": str(event.get("responded_at")),
+                "timed_out": bool(event.get("timedout")) or user is None,
+            }
+            context["ti"].xcom_push(key="decision", value=decision)
+            self.log.info("Decision: %s by %s", decision["chosen_options"], user or "timeout (default)")
+        return super().execute_complete(context, event)

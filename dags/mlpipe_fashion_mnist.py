@@ -1,0 +1,216 @@
+"""mlpipe_fashion_mnist: pushed training image -> trained, tested, human-approved model in production.
+
+train -> deploy staging -> accuracy gate -> human approval -> deploy production -> verify (or roll back)
+-> promote in the model store. Staging is torn down in every outcome; the last task records how the run
+ended and fails the run if any step failed.
+
+Trigger it from the UI's trigger form, `airflow dags trigger mlpipe_fashion_mnist --conf '{...}'`,
+the REST API (`POST /api/v2/dags/mlpipe_fashion_mnist/dagRuns` with `conf`), or the ACR webhook.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Param, XComArg, task
+from airflow.sdk.definitions.param import ParamsDict
+
+from airflow_provider_mlpipe.operators.gates import AccuracyGateOperator
+from airflow_provider_mlpipe.operators.model_store import ModelPromoteOperator, PipelineOutcomeOperator
+from airflow_provider_mlpipe.operators.serving import ServingDeployOperator, ServingTeardownOperator
+from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
+from airflow_provider_mlpipe.sensors.accuracy import AccuracySensor
+from airflow_provider_mlpipe.sensors.approval import ApprovalSensor
+
+MODEL = "{{ params.model_name }}"
+RUNTIME = "{{ params.runtime }}"
+STORE = "{{ params.model_store or None }}"
+DATASET = "{{ params.dataset or None }}"
+
+PARAMS = ParamsDict(
+    {
+        "image": Param(
+            type="string",
+            minLength=1,
+            pattern=r"^\S+$",
+            description="Training image reference, e.g. registry.cn-hangzhou.aliyuncs.com/ns/repo@sha256:...",
+        ),
+        "digest": Param(
+            "", type="string", pattern=r"^(|sha256:[0-9a-f]{64})$", description="Image digest (sha256:...)"
+        ),
+        "tag": Param("", type="string", description="Pushed tag, for display only"),
+        "runtime": Param("local", enum=["local"], description="Where training and serving run"),
+        "model_name": Param("fashion_mnist", type="string", pattern=r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"),
+        "model_store": Param("", type="string", description="Model store URI; empty: [mlpipe] model_store"),
+        "dataset": Param(
+            "",
+            type="string",
+            description="Dataset dir / file:// / oss://; empty: MLPIPE_DATASET_DIR or download",
+        ),
+        "min_accuracy": Param(0.85, type="number", minimum=0, maximum=1, description="Accuracy gate floor"),
+        "max_regression": Param(
+            0.01, type="number", minimum=0, maximum=1, description="Allowed accuracy drop vs production"
+        ),
+        "evaluation_sample": Param(0, type="integer", minimum=0, description="Test images scored (0 = all)"),
+        "verify_sample": Param(1000, type="integer", minimum=1, description="Images scored on production"),
+        "approvers": Param(
+            ["admin"],
+            type="array",
+            items={"type": "string", "minLength": 1},
+            minItems=1,
+            description="Airflow users who may approve",
+        ),
+        "approval_timeout_minutes": Param(
+            1440, type="integer", minimum=1, description="Then the answer is Reject"
+        ),
+        "hyperparameters": Param(
+            {},
+            type="object",
+            additionalProperties=False,
+            properties={
+                "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 65536},
+                "learning_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+                "seed": {"type": "integer", "minimum": 0},
+                "threads": {"type": "integer", "minimum": 0},
+                "train_limit": {"type": "integer", "minimum": 0},
+                "test_limit": {"type": "integer", "minimum": 0},
+            },
+            description="Trainer hyperparameters; empty: the trainer's defaults",
+        ),
+    }
+)
+
+with DAG(
+    dag_id="mlpipe_fashion_mnist",
+    description="Train, stage, gate, approve and deploy a Fashion-MNIST model from a pushed image",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=16,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=15),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+    },
+    tags=["mlpipe", "mlops"],
+    doc_md=__doc__,
+) as dag:
+
+    @task(retries=0)
+    def validate_params(**context: object) -> dict[str, object]:
+        """Reject bad input before any work starts; nothing in production changes."""
+        from airflow_provider_mlpipe.validation import check_run_params
+
+        return check_run_params(dict(context["params"]))  # type: ignore[call-overload]
+
+    validated = validate_params()
+
+    train = KubeTrainJobOperator(
+        task_id="train",
+        image="{{ params.image }}",
+        digest="{{ params.digest }}",
+        model_name=MODEL,
+        runtime=RUNTIME,
+        model_store=STORE,
+        dataset=DATASET,
+        hyperparameters="{{ params.hyperparameters }}",  # type: ignore[arg-type]
+    )
+    deploy_staging = ServingDeployOperator(
+        task_id="deploy_staging",
+        endpoint="staging",
+        model_name=MODEL,
+        version=XComArg(train, key="version"),
+        runtime=RUNTIME,
+        model_store=STORE,
+    )
+    evaluate_staging = AccuracySensor(
+        task_id="evaluate_staging",
+        endpoint_url=XComArg(deploy_staging, key="url"),
+        model_name=MODEL,
+        version=XComArg(train, key="version"),
+        dataset=DATASET,
+        sample_size="{{ params.evaluation_sample }}",
+    )
+    accuracy_gate = AccuracyGateOperator(
+        task_id="accuracy_gate",
+        metrics=evaluate_staging.output,
+        min_accuracy="{{ params.min_accuracy }}",
+        max_regression="{{ params.max_regression }}",
+        model_name=MODEL,
+        model_store=STORE,
+        pass_task_id="approval",
+        fail_task_id="accuracy_rejected",
+    )
+    accuracy_rejected = EmptyOperator(task_id="accuracy_rejected")
+    approval = ApprovalSensor(
+        task_id="approval",
+        evidence={
+            "training": train.output,
+            "staging": evaluate_staging.output,
+            "gate": XComArg(accuracy_gate, key="decision"),
+        },
+        retries=0,
+    )
+    teardown_staging = ServingTeardownOperator(
+        task_id="teardown_staging",
+        endpoint="staging",
+        model_name=MODEL,
+        runtime=RUNTIME,
+    ).as_teardown(setups=deploy_staging)
+    deploy_production = ServingDeployOperator(
+        task_id="deploy_production",
+        endpoint="production",
+        model_name=MODEL,
+        version=XComArg(train, key="version"),
+        runtime=RUNTIME,
+        model_store=STORE,
+    )
+    verify_production = AccuracySensor(
+        task_id="verify_production",
+        endpoint_url=XComArg(deploy_production, key="url"),
+        model_name=MODEL,
+        version=XComArg(train, key="version"),
+        dataset=DATASET,
+        sample_size="{{ params.verify_sample }}",
+        baseline_accuracy=XComArg(evaluate_staging, key="accuracy"),
+        tolerance=0.05,
+        retries=1,
+    )
+    rollback_production = ServingDeployOperator(
+        task_id="rollback_production",
+        endpoint="production",
+        model_name=MODEL,
+        from_alias="production",
+        teardown_if_unresolved=True,
+        skip_unless_ran="deploy_production",
+        runtime=RUNTIME,
+        model_store=STORE,
+        trigger_rule="one_failed",
+    )
+    promote_model = ModelPromoteOperator(
+        task_id="promote_model",
+        model_name=MODEL,
+        version=XComArg(train, key="version"),
+        model_store=STORE,
+        approval=XComArg(approval, key="decision"),
+        evaluation=evaluate_staging.output,
+        training=train.output,
+    )
+    outcome = PipelineOutcomeOperator(
+        task_id="record_outcome",
+        model_name=MODEL,
+        model_store=STORE,
+        trigger_rule="all_done",
+        retries=0,
+    )
+
+    validated >> train >> deploy_staging >> evaluate_staging >> accuracy_gate >> [approval, accuracy_rejected]
+    [approval, accuracy_rejected] >> teardown_staging
+    approval >> deploy_production >> verify_production >> promote_model
+    [deploy_production, verify_production] >> rollback_production
+    [promote_model, rollback_production, teardown_staging, accuracy_rejected] >> outcome

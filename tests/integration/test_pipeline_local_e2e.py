@@ -1,0 +1,286 @@
+"""The real DAG under a real Airflow: scheduler, dag-processor, triggerer and api-server run as separate
+processes (started here, SQLite + LocalExecutor), the local runtime runs real TensorFlow training and a
+real TF-Serving-compatible server. Nothing is emulated; only the data is small (a few thousand images,
+two epochs) so the whole module takes a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_mlpipe.demo.stack import AirflowClient, AirflowStack, StackConfig, free_port
+from airflow_provider_mlpipe.hooks.local_process import RUNNING, LocalProcessHook
+from airflow_provider_mlpipe.modelstore import open_store
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+DAG_ID = "mlpipe_fashion_mnist"
+SMALL = {"epochs": 2, "train_limit": 3000, "test_limit": 1000}
+BASE_CONF: dict[str, Any] = {
+    "image": "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:e2e",
+    "digest": "sha256:" + "ab" * 32,
+    "tag": "e2e",
+    "runtime": "local",
+    "min_accuracy": 0.5,
+    "evaluation_sample": 1000,
+    "verify_sample": 300,
+    "approvers": ["admin"],
+    "hyperparameters": SMALL,
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> Iterator[AirflowStack]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    airflow = AirflowStack(
+        StackConfig(
+            home=home,
+            port=free_port(),
+            production_port=free_port(),
+            dataset_dir=str(fashion_mnist_dir),
+            users={"admin": ("admin", "admin-pw"), "intruder": ("op", "intruder-pw")},
+        )
+    )
+    try:
+        airflow.start()
+        client = airflow.client("admin")
+        client.wait_for_dag(DAG_ID)
+        client.unpause(DAG_ID)
+        yield airflow
+    finally:
+        airflow.stop_local_runtime()
+        airflow.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(stack: AirflowStack) -> AirflowClient:
+    return stack.client("admin")
+
+
+def _store(stack: AirflowStack) -> Any:
+    return open_store((stack.home / "mlpipe" / "models").as_uri())
+
+
+def _running_endpoints(stack: AirflowStack) -> list[str]:
+    hook = LocalProcessHook(str(stack.home / "mlpipe" / "state"))
+    if not hook.state_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in hook.state_dir.iterdir()
+        if p.is_dir() and p.name.startswith("serve-") and hook.status(p.name).state == RUNNING
+    )
+
+
+def _wait_awaiting_input(client: AirflowClient, run_id: str) -> dict[str, str | None]:
+    states = client.wait_for_run(DAG_ID, run_id, timeout=600, until_task=("approval", "awaiting_input"))
+    assert states["approval"] == "awaiting_input", states
+    return states
+
+
+@pytest.fixture(scope="module")
+def promoted(stack: AirflowStack, admin: AirflowClient) -> dict[str, Any]:
+    """One full run: train, staging, gate, approval by REST, production, verify, promote."""
+    run_id = admin.trigger(DAG_ID, BASE_CONF, run_id="e2e-happy")
+    _wait_awaiting_input(admin, run_id)
+    detail = admin.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approval/-1/hitlDetails")
+    intruder = stack.client("intruder").respond(DAG_ID, run_id, "approval", "Approve", settle=0)
+    approved = admin.respond(DAG_ID, run_id, "approval", "Approve")
+    states = admin.wait_for_run(DAG_ID, run_id, timeout=600)
+    return {
+        "run_id": run_id,
+        "detail": detail,
+        "intruder_status": intruder.status_code,
+        "approve_status": approved.status_code,
+        "states": states,
+        "run_state": admin.run_state(DAG_ID, run_id),
+        "train": admin.xcom(DAG_ID, run_id, "train"),
+        "staging": admin.xcom(DAG_ID, run_id, "evaluate_staging"),
+        "production": admin.xcom(DAG_ID, run_id, "deploy_production"),
+        "outcome": admin.xcom(DAG_ID, run_id, "record_outcome"),
+    }
+
+
+def test_happy_path_reaches_production(stack: AirflowStack, promoted: dict[str, Any]) -> None:
+    assert promoted["run_state"] == "success", promoted["states"]
+    states = promoted["states"]
+    for task in (
+        "validate_params",
+        "train",
+        "deploy_staging",
+        "evaluate_staging",
+        "accuracy_gate",
+        "approval",
+        "deploy_production",
+        "verify_production",
+        "promote_model",
+        "teardown_staging",
+        "record_outcome",
+    ):
+        assert states[task] == "success", (task, states)
+    assert states["accuracy_rejected"] == "skipped"
+    assert states["rollback_production"] == "skipped"
+    assert promoted["outcome"]["outcome"] == "promoted"
+
+    version = promoted["train"]["version"]
+    assert promoted["production"]["version"] == version
+    assert promoted["staging"]["samples"] == 1000
+    assert 0.5 <= promoted["staging"]["accuracy"] <= 1.0
+    assert len(promoted["staging"]["confusion_matrix"]) == 10
+
+    record = _store(stack).get_alias("fashion_mnist", "production")
+    assert record["version"] == version
+    assert record["approved_by"] == "admin"
+    assert record["run_id"] == f"{DAG_ID}/{promoted['run_id']}"
+
+
+def test_approval_request_shows_evidence_and_only_approvers_may_answer(promoted: dict[str, Any]) -> None:
+    detail = promoted["detail"]
+    assert detail["options"] == ["Approve", "Reject"]
+    assert detail["defaults"] == ["Reject"]
+    assert [u["id"] for u in detail["assigned_users"]] == ["admin"]
+    body = detail["body"]
+    assert f"version {promoted['train']['version']}" in body
+    assert BASE_CONF["digest"] in body
+    assert f"{promoted['staging']['accuracy']:.4f}" in body
+    assert "Ankle boot" in body
+    assert promoted["intruder_status"] == 403
+    assert promoted["approve_status"] == 200
+
+
+def test_production_endpoint_serves_the_promoted_version(
+    stack: AirflowStack, promoted: dict[str, Any]
+) -> None:
+    prod = promoted["production"]
+    status = requests.get(f"{prod['url']}/v1/models/fashion_mnist", timeout=10).json()
+    assert status["model_version_status"][0]["version"] == str(prod["version"])
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    resp = requests.post(
+        f"{prod['url']}/v1/models/fashion_mnist:predict", json={"instances": [[[0] * 28] * 28]}, timeout=10
+    )
+    assert resp.status_code == 200
+    probs = resp.json()["predictions"][0]
+    assert len(probs) == 10 and abs(sum(probs) - 1.0) < 1e-3
+    # Staging was torn down; production is the only endpoint left.
+    assert _running_endpoints(stack) == ["serve-fashion-mnist-production"]
+
+
+def test_training_progress_is_in_the_task_log(stack: AirflowStack, promoted: dict[str, Any]) -> None:
+    logs = list((stack.home / "logs").glob(f"dag_id={DAG_ID}/run_id={promoted['run_id']}/task_id=train/*"))
+    text = "".join(p.read_text() for p in logs)
+    assert "epoch 1/2" in text and "epoch 2/2" in text
+    assert "published model=fashion_mnist" in text
+
+
+@pytest.fixture(scope="module")
+def other_runs(stack: AirflowStack, admin: AirflowClient, promoted: dict[str, Any], tmp_path_factory) -> dict:
+    """Three more runs at once, after the happy path: low accuracy, rejected, broken dataset."""
+    broken = tmp_path_factory.mktemp("broken-dataset")
+    (broken / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    runs = {
+        "low": admin.trigger(DAG_ID, {**BASE_CONF, "min_accuracy": 0.999}, run_id="e2e-low-accuracy"),
+        "reject": admin.trigger(DAG_ID, BASE_CONF, run_id="e2e-rejected"),
+        "broken": admin.trigger(DAG_ID, {**BASE_CONF, "dataset": str(broken)}, run_id="e2e-broken-dataset"),
+    }
+    _wait_awaiting_input(admin, runs["reject"])
+    assert admin.respond(DAG_ID, runs["reject"], "approval", "Reject").status_code == 200
+    result = {}
+    for key, run_id in runs.items():
+        states = admin.wait_for_run(DAG_ID, run_id, timeout=600)
+        result[key] = {"run_id": run_id, "states": states, "run_state": admin.run_state(DAG_ID, run_id)}
+    return result
+
+
+def _production_unchanged(stack: AirflowStack, promoted: dict[str, Any]) -> None:
+    record = _store(stack).get_alias("fashion_mnist", "production")
+    assert record["version"] == promoted["train"]["version"]
+    status = requests.get(f"{promoted['production']['url']}/v1/models/fashion_mnist", timeout=10).json()
+    assert status["model_version_status"][0]["version"] == str(promoted["train"]["version"])
+
+
+def test_low_accuracy_is_rejected_by_the_gate(
+    stack: AirflowStack, admin: AirflowClient, other_runs: dict, promoted: dict[str, Any]
+) -> None:
+    run = other_runs["low"]
+    states = run["states"]
+    assert run["run_state"] == "success"
+    assert states["accuracy_gate"] == "success" and states["accuracy_rejected"] == "success"
+    assert states["approval"] == "skipped" and states["deploy_production"] == "skipped"
+    assert states["teardown_staging"] == "success"
+    outcome = admin.xcom(DAG_ID, run["run_id"], "record_outcome")
+    assert outcome["outcome"] == "rejected_by_gate"
+    assert "below min_accuracy 0.9990" in outcome["reason"]
+    _production_unchanged(stack, promoted)
+
+
+def test_rejection_by_approver(
+    stack: AirflowStack, admin: AirflowClient, other_runs: dict, promoted: dict[str, Any]
+) -> None:
+    run = other_runs["reject"]
+    states = run["states"]
+    assert run["run_state"] == "success"
+    assert states["approval"] == "success"
+    assert states["deploy_production"] == "skipped" and states["promote_model"] == "skipped"
+    assert states["teardown_staging"] == "success"
+    outcome = admin.xcom(DAG_ID, run["run_id"], "record_outcome")
+    assert outcome["outcome"] == "rejected_by_approver"
+    assert outcome["reason"] == "rejected by admin"
+    _production_unchanged(stack, promoted)
+    events = _store(stack).events("fashion_mnist", outcome["version"])
+    assert [e["outcome"] for e in events] == ["rejected_by_approver"]
+    assert _running_endpoints(stack) == ["serve-fashion-mnist-production"]
+
+
+def test_broken_dataset_fails_at_once_naming_the_file(
+    stack: AirflowStack, other_runs: dict, promoted: dict[str, Any]
+) -> None:
+    run = other_runs["broken"]
+    states = run["states"]
+    assert run["run_state"] == "failed"
+    assert states["validate_params"] == "failed"
+    assert states["train"] == "upstream_failed"
+    log = "".join(
+        p.read_text()
+        for p in (stack.home / "logs").glob(
+            f"dag_id={DAG_ID}/run_id={run['run_id']}/task_id=validate_params/*"
+        )
+    )
+    assert "train-labels-idx1-ubyte.gz" in log
+    _production_unchanged(stack, promoted)
+
+
+@pytest.mark.parametrize(
+    ("conf", "field"),
+    [
+        ({k: v for k, v in BASE_CONF.items() if k != "image"}, "image"),
+        ({**BASE_CONF, "min_accuracy": 1.5}, "min_accuracy"),
+        ({**BASE_CONF, "runtime": "mainframe"}, "runtime"),
+        ({**BASE_CONF, "hyperparameters": {"epochs": 0}}, "epochs"),
+    ],
+)
+def test_bad_conf_is_refused_by_the_rest_api(admin: AirflowClient, conf: dict[str, Any], field: str) -> None:
+    before = admin.call("GET", f"/dags/{DAG_ID}/dagRuns")["total_entries"]
+    resp = admin.request("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
+    assert resp.status_code == 400, resp.text
+    assert field in json.dumps(resp.json())
+    assert admin.call("GET", f"/dags/{DAG_ID}/dagRuns")["total_entries"] == before
+
+
+def test_cli_trigger_with_conf(stack: AirflowStack, admin: AirflowClient) -> None:
+    """`airflow dags trigger --conf` creates a run with the conf (and the Params defaults filled in)."""
+    conf = {**BASE_CONF, "min_accuracy": 0.999, "hyperparameters": {"epochs": 1, "train_limit": 500}}
+    result = stack.airflow("dags", "trigger", DAG_ID, "--run-id", "e2e-cli", "--conf", json.dumps(conf))
+    assert "e2e-cli" in result.stdout
+    run = admin.call("GET", f"/dags/{DAG_ID}/dagRuns/e2e-cli")
+    assert run["conf"]["min_accuracy"] == 0.999
+    deadline = time.monotonic() + 600
+    while admin.run_state(DAG_ID, "e2e-cli") not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(2)
+    assert admin.xcom(DAG_ID, "e2e-cli", "record_outcome")["outcome"] == "rejected_by_gate"
