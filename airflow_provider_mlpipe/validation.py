@@ -12,7 +12,7 @@ from airflow_provider_mlpipe.exceptions import ConfigError
 HYPERPARAMETERS: dict[str, tuple[type, float, float]] = {
     "epochs": (int, 1, 1000),
     "batch_size": (int, 1, 65536),
-    "learning_rate": (float, 1e-7, 10.0),
+    "learning_rate": (float, 1e-07, 10),
     "train_limit": (int, 0, 10**9),
     "test_limit": (int, 0, 10**9),
     "seed": (int, 0, 2**31 - 1),
@@ -37,10 +37,11 @@ def check_hyperparameters(values: object) -> dict[str, int | float]:
             continue
         ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
         if kind is int:
-            ok_type = ok_type and float(value).is_integer()
+            # float(10**400) overflows: test integers as integers.
+            ok_type = ok_type and (isinstance(value, int) or float(value).is_integer())
         if not ok_type or not low <= value <= high:
             expected = "an integer" if kind is int else "a number"
-            raise ConfigError(f"hyperparameters.{key}", value, f"{expected} in [{low:g}, {high:g}]")
+            raise ConfigError(f"hyperparameters.{key}", value, f"{expected} in [{low!r}, {high!r}]")
         checked[key] = kind(value)
     return checked
 
@@ -54,7 +55,7 @@ def check_image(image: object) -> str:
 def check_digest(digest: object) -> str:
     if digest in (None, ""):
         return ""
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
         raise ConfigError("digest", digest, "empty or 'sha256:' followed by 64 lowercase hex digits")
     return digest
 

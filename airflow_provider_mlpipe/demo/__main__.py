@@ -31,6 +31,25 @@ def _port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+class TrainingProgress:
+    """New epoch lines of the local training process (the same lines the train task's log shows)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.offsets: dict[Path, int] = {}
+
+    def new_lines(self) -> list[str]:
+        from airflow_provider_mlpipe.hooks.local_process import read_log
+
+        lines: list[str] = []
+        for pdir in sorted(self.state_dir.glob("train-*")):
+            if ".attempt-" in pdir.name:
+                continue
+            found, self.offsets[pdir] = read_log(pdir, self.offsets.get(pdir, 0))
+            lines += [line for line in found if line.startswith(("epoch", "published", "training"))]
+        return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_provider_mlpipe.demo", description=__doc__)
     parser.add_argument(
@@ -86,11 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         run_id = client.trigger(DAG_ID, conf)
         _say(f"Triggered run {run_id}: {stack.url}/dags/{DAG_ID}/runs/{run_id}")
 
+        train_logs = TrainingProgress(stack.home / "mlpipe" / "state")
+
+        shown: dict[str, str | None] = {}
+
         def show(task_id: str, state: str | None) -> None:
-            _say(f"  {task_id:<22} {state or 'none'}")
+            if state and shown.get(task_id) != state:
+                shown[task_id] = state
+                _say(f"  {task_id:<22} {state}")
+
+        def progress(states: dict[str, str | None]) -> None:
+            if states.get("train") in ("running", "deferred", "scheduled", "queued"):
+                for line in train_logs.new_lines():
+                    _say(f"    train: {line}")
 
         states = client.wait_for_run(
-            DAG_ID, run_id, timeout=args.timeout, until_task=("approval", "awaiting_input"), on_change=show
+            DAG_ID,
+            run_id,
+            timeout=args.timeout,
+            until_task=("approval", "awaiting_input"),
+            on_change=show,
+            on_poll=progress,
         )
         if states.get("approval") == "awaiting_input":
             if args.manual_approval:

@@ -286,6 +286,7 @@ class AirflowClient:
         timeout: float,
         until_task: tuple[str, str] | None = None,
         on_change: Any = None,
+        on_poll: Any = None,
     ) -> dict[str, str | None]:
         """Poll until the run ends (or `until_task` = (task_id, state) is reached); report changes."""
         deadline = time.monotonic() + timeout
@@ -297,6 +298,8 @@ class AirflowClient:
                     if seen.get(task_id, "-") != state:
                         on_change(task_id, state)
             seen = states
+            if on_poll:
+                on_poll(states)
             if until_task and states.get(until_task[0]) == until_task[1]:
                 return states
             if self.run_state(dag_id, run_id) in ("success", "failed"):

@@ -163,6 +163,12 @@ class LocalProcessHook(BaseHook):
         if current.state != RUNNING or current.pid is None:
             return current
         self.log.info("Stopping %s (supervisor pid %s)", name, current.pid)
+        # A supervisor still starting its interpreter has no signal handler yet: let it get that far.
+        ready_by = time.monotonic() + 5.0
+        while not (pdir / "child.json").exists() and time.monotonic() < ready_by:
+            if process_status(pdir).state != RUNNING:
+                return process_status(pdir)
+            time.sleep(0.05)
         try:
             os.kill(current.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -224,7 +230,10 @@ def read_log(pdir: Path, offset: int, max_bytes: int = 1 << 20) -> tuple[list[st
         return [], offset
     end = chunk.rfind(b"\n")
     if end < 0:
-        return [], offset
+        if len(chunk) < max_bytes:
+            return [], offset
+        # A line longer than max_bytes (a \r progress bar): hand it on in pieces rather than stall.
+        return [chunk.decode(errors="replace")], offset + len(chunk)
     lines = chunk[: end + 1].decode(errors="replace").splitlines()
     return lines, offset + end + 1
 

@@ -37,6 +37,18 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # Handlers first: a stop that arrives while we start must be recorded as a stop, not kill us silently.
+    stop = {"signal": 0, "at": 0.0}
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        if not stop["signal"]:
+            stop["signal"], stop["at"] = signum, time.monotonic()
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     if len(argv) < 3 or argv[1] != "--":
         sys.stderr.write("usage: local_supervisor <process_dir> -- <argv...>\n")
         return 2
@@ -46,47 +58,35 @@ def main(argv: list[str]) -> int:
     # follow it instead of landing in a newer attempt's directory.
     os.chdir(argv[0])
     proc_dir = Path(".")
-    stop_requested = {"signal": 0}
+    grace = float(os.environ.get("MLPIPE_STOP_GRACE_SECONDS", "20"))
 
-    with (proc_dir / "output.log").open("ab", buffering=0) as log:
-        child = subprocess.Popen(
-            child_argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=child_cwd,
-            preexec_fn=_die_with_parent,
-        )
-        _write_json(proc_dir / "child.json", {"pid": child.pid, "started_at": time.time()})
-
-        def forward(signum: int, _frame: object) -> None:
-            stop_requested["signal"] = signum
-            if child.poll() is None:
+    code: int = -int(signal.SIGTERM)
+    if not stop["signal"]:
+        with (proc_dir / "output.log").open("ab", buffering=0) as log:
+            child = subprocess.Popen(
+                child_argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=child_cwd,
+                preexec_fn=_die_with_parent,
+            )
+            _write_json(proc_dir / "child.json", {"pid": child.pid, "started_at": time.time()})
+            if stop["signal"]:
                 child.send_signal(signal.SIGTERM)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        grace = float(os.environ.get("MLPIPE_STOP_GRACE_SECONDS", "20"))
-        while True:
-            try:
-                code = child.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                if stop_requested["signal"] and time.time() - _stop_time(stop_requested) > grace:
-                    child.kill()
+            while True:
+                try:
+                    code = child.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if stop["signal"] and time.monotonic() - stop["at"] > grace:
+                        child.kill()
 
     _write_json(
         proc_dir / "exit.json",
-        {"exit_code": code, "stopped": bool(stop_requested["signal"]), "finished_at": time.time()},
+        {"exit_code": code, "stopped": bool(stop["signal"]), "finished_at": time.time()},
     )
     return 0
-
-
-def _stop_time(state: dict[str, int]) -> float:
-    # First call after the signal records when the stop began.
-    if "at" not in state:
-        state["at"] = int(time.time())
-    return float(state["at"])
 
 
 if __name__ == "__main__":

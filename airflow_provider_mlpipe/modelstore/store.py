@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, ModelStoreError
 from airflow_provider_mlpipe.modelstore.backends import Backend, FileBackend
@@ -69,7 +69,8 @@ def open_store(uri: str) -> ModelStore:
         raise ConfigError("model_store", uri, "a store URI such as file:///var/mlpipe/models or a path")
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        # file:// URIs percent-encode (Path.as_uri() writes a space as %20): decode to round-trip them.
+        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri).expanduser()
         if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
             raise ConfigError("model_store", uri, "file:///absolute/path (no host part)")
         return ModelStore(FileBackend(path))
@@ -185,6 +186,7 @@ class ModelStore:
         """Download a published version into `dest/<version>` and verify every file's sha256."""
         manifest = self.read_manifest(model_name, version)
         target = Path(dest) / str(version)
+        Path(dest).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest, prefix=f".{version}.") as tmp:
             staging = Path(tmp)
             for entry in manifest["files"]:
@@ -208,7 +210,9 @@ class ModelStore:
     def record_event(self, model_name: str, version: int, record: dict[str, Any]) -> None:
         """Keep a run's decision about a version (promoted, rejected and why) next to the model."""
         name, version = check_model_name(model_name), check_version(version)
-        run = re.sub(r"[^A-Za-z0-9_.-]", "_", str(record.get("run", "run")))
+        raw = str(record.get("run", "run"))
+        # Readable and collision-free: sanitising alone would map "a:b" and "a+b" to the same key.
+        run = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', raw)[:80]}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
         body = json.dumps({**record, "recorded_at": _now()}, sort_keys=True, default=str).encode()
         self.backend.put_bytes(f"{name}/{_EVENTS}/{version}/{run}.json", body)
 
@@ -257,6 +261,14 @@ class ModelStore:
         self._check_alias(alias)
         if not self.is_published(name, version):
             raise ModelStoreError(f"cannot point {alias} at {name} v{version}: version is not published")
+        current = self.get_alias(name, alias)
+        current_generation = current["generation"] if current else None
+        if current_generation != expected_generation:
+            raise AliasConflictError(
+                f"alias {alias} of {name} is at generation {current_generation} (version "
+                f"{current and current.get('version')}, run {current and current.get('run_id')!r}), not "
+                f"{expected_generation} as run {run_id!r} expected"
+            )
         generation = (expected_generation or 0) + 1
         record = {
             "alias": alias,

@@ -23,7 +23,8 @@ def decide(
     prod_acc = production.get("accuracy") if production else None
     if accuracy < min_accuracy:
         return False, f"accuracy {accuracy:.4f} is below min_accuracy {min_accuracy:.4f}", prod_acc
-    if isinstance(prod_acc, (int, float)) and accuracy < prod_acc - max_regression:
+    # The epsilon keeps a drop of exactly max_regression allowed despite float rounding (0.92 - 0.1).
+    if isinstance(prod_acc, (int, float)) and accuracy < prod_acc - max_regression - 1e-9:
         return (
             False,
             f"accuracy {accuracy:.4f} is worse than production v{production and production.get('version')} "

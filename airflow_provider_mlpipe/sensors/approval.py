@@ -96,7 +96,14 @@ class ApprovalSensor(ApprovalOperator):
             or not all(isinstance(a, str) and a for a in approvers)
         ):
             raise ConfigError("approvers", approvers, "a non-empty list of Airflow user names")
-        minutes_raw = self.response_timeout_minutes or params.get("approval_timeout_minutes") or 24 * 60
+        minutes_raw = next(
+            (
+                value
+                for value in (self.response_timeout_minutes, params.get("approval_timeout_minutes"))
+                if value not in (None, "")
+            ),
+            24 * 60,
+        )
         try:
             minutes = int(minutes_raw)
         except (TypeError, ValueError):

@@ -250,12 +250,6 @@ def test_stop_of_a_finished_or_absent_process_is_a_no_op(hook: LocalProcessHook)
     assert hook.stop("quick").state == SUCCEEDED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the supervisor installs its SIGTERM handler only after spawning the child, so a stop() "
-    "right after start() kills the supervisor outright: no exit.json, state 'lost' instead of a "
-    "recorded stop",
-)
 def test_stop_right_after_start_is_recorded_as_a_stop(hook: LocalProcessHook) -> None:
     hook.start("early-stop", sleeper())
     status = hook.stop("early-stop", timeout=10)
@@ -314,11 +308,6 @@ def test_read_log_returns_complete_lines_and_offsets(tmp_path: Path) -> None:
     assert lines == ["bad \ufffd byte"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: read_log never advances past a line longer than max_bytes (1 MiB by default), so all "
-    "later output (e.g. after a \\r-only progress bar) never reaches the task log",
-)
 def test_read_log_makes_progress_past_a_line_longer_than_max_bytes(tmp_path: Path) -> None:
     (tmp_path / "output.log").write_bytes(b"x" * 64 + b"\nafter\n")
     offset, seen = 0, []

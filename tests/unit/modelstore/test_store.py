@@ -339,11 +339,6 @@ def test_set_alias_two_racing_writers_exactly_one_wins(three_versions: ModelStor
     assert winners[0]["run_id"] in str(losers[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: set_alias accepts an expected_generation newer than the alias's current generation "
-    "(writes generation expected+1 leaving a gap) instead of raising AliasConflictError",
-)
 def test_set_alias_refuses_an_expected_generation_that_was_never_read(three_versions: ModelStore) -> None:
     store = three_versions
     store.set_alias(MODEL, "production", 1, expected_generation=None, run_id="a")
@@ -447,11 +442,6 @@ def test_open_store_accepts_paths_and_file_uris(tmp_path: Path) -> None:
         assert store.local_version_dir(MODEL, 4) == base.resolve() / MODEL / "4"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: open_store does not percent-decode file:// URIs while FileBackend.uri percent-encodes "
-    "(Path.as_uri), so reopening store.uri for a root containing a space opens a different directory",
-)
 def test_open_store_round_trips_its_own_uri_with_a_space(tmp_path: Path, src: Path) -> None:
     store = open_store(str(tmp_path / "my models"))
     store.publish(MODEL, 1, src, {})

@@ -57,12 +57,6 @@ def test_no_production_accuracy_only_the_floor_counts(production: dict[str, obje
     assert "0.8100 >= 0.8000" in reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decide compares accuracy < prod_acc - max_regression in binary floating point, so a "
-    "candidate exactly max_regression below production (0.82 vs 0.92 with 0.1) is rejected as worse "
-    "'by more than max_regression'",
-)
 def test_a_regression_of_exactly_max_regression_passes() -> None:
     passed, reason, _ = decide(0.82, 0.80, 0.1, {"version": 4, "accuracy": 0.92})
     assert passed is True, reason

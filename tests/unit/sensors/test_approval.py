@@ -107,11 +107,6 @@ def test_execute_checks_approvers_and_timeout_first(
     assert info.value.field == field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ApprovalSensor.execute treats response_timeout_minutes=0 (and approval_timeout_minutes=0) "
-    "as unset and silently waits 24 h, while -5 is rejected as not 'a whole number of minutes >= 1'",
-)
 def test_execute_rejects_a_zero_minute_timeout() -> None:
     sensor = ApprovalSensor(
         task_id="approval", evidence=EVIDENCE, approvers=["alice"], response_timeout_minutes=0

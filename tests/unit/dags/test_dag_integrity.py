@@ -1,0 +1,113 @@
+"""The shipped DAG folder parses cleanly, cheaply, and wires the pipeline as documented."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+DAG_ID = "mlpipe_fashion_mnist"
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("airflow-home")
+    os.environ["AIRFLOW_HOME"] = str(home)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(REPO / "dags"))
+    # Parsing must do no I/O of ours: no state or model directories appear in AIRFLOW_HOME.
+    assert not (home / "mlpipe").exists()
+    return bag
+
+
+def test_no_import_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert DAG_ID in dagbag.dags
+
+
+def test_pipeline_shape(dagbag) -> None:
+    dag = dagbag.dags[DAG_ID]
+    # XCom wiring adds edges of its own (train -> approval, ...); these are the documented flow's edges.
+    edges = {(up, down) for up, task in dag.task_dict.items() for down in task.downstream_task_ids}
+    flow = [
+        ("validate_params", "train"),
+        ("train", "deploy_staging"),
+        ("deploy_staging", "evaluate_staging"),
+        ("evaluate_staging", "accuracy_gate"),
+        ("accuracy_gate", "approval"),
+        ("accuracy_gate", "accuracy_rejected"),
+        ("approval", "deploy_production"),
+        ("approval", "teardown_staging"),
+        ("accuracy_rejected", "teardown_staging"),
+        ("deploy_production", "verify_production"),
+        ("verify_production", "promote_model"),
+        ("deploy_production", "rollback_production"),
+        ("verify_production", "rollback_production"),
+        ("promote_model", "record_outcome"),
+        ("rollback_production", "record_outcome"),
+    ]
+    assert [edge for edge in flow if edge not in edges] == []
+    assert dag.task_dict["validate_params"].upstream_task_ids == set()
+    assert dag.task_dict["record_outcome"].downstream_task_ids == set()
+    assert dag.task_dict["teardown_staging"].is_teardown
+    assert dag.task_dict["rollback_production"].trigger_rule == "one_failed"
+    assert dag.task_dict["record_outcome"].trigger_rule == "all_done"
+    # Waiting for a person must not be retried into a second request.
+    assert dag.task_dict["approval"].retries == 0
+    assert dag.task_dict["train"].retries == 2
+
+
+def test_templated_fields_extend_the_parents(dagbag) -> None:
+    from airflow.sdk import BaseOperator
+
+    for task in dagbag.dags[DAG_ID].tasks:
+        if isinstance(task, BaseOperator):
+            parent_fields = set(type(task).__mro__[1].template_fields)
+            assert parent_fields <= set(task.template_fields), task.task_id
+
+
+def _params(dagbag, conf: dict):
+    params = copy.deepcopy(dagbag.dags[DAG_ID].params)
+    params.update(conf)
+    return params
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"min_accuracy": 1.5}, "min_accuracy"),
+        ({"min_accuracy": -0.1}, "min_accuracy"),
+        ({"runtime": "mainframe"}, "runtime"),
+        ({"image": ""}, "image"),
+        ({"digest": "md5:abc"}, "digest"),
+        ({"approvers": []}, "approvers"),
+        ({"hyperparameters": {"epochs": 0}}, "hyperparameters"),
+        ({"hyperparameters": {"dropout": 0.5}}, "hyperparameters"),
+        ({"approval_timeout_minutes": 0}, "approval_timeout_minutes"),
+    ],
+)
+def test_params_reject_bad_conf(dagbag, override: dict, field: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    # Updating a ParamsDict validates the new value already; validate() checks the rest.
+    with pytest.raises(ParamValidationError, match=field):
+        _params(dagbag, {"image": "r/x:y", **override}).validate()
+
+
+def test_params_accept_a_minimal_conf(dagbag) -> None:
+    params = _params(dagbag, {"image": "registry.cn-hangzhou.aliyuncs.com/ns/repo:1"})
+    values = params.validate()
+    assert values["runtime"] == "local"
+    assert values["min_accuracy"] == 0.85
+    assert values["approvers"] == ["admin"]
+
+
+def test_missing_image_is_refused(dagbag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="image"):
+        _params(dagbag, {}).validate()
