@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from airflow_provider_mlpipe.images.serving.fetch import main
+
 from airflow_provider_mlpipe.modelstore import MARKER, open_store
 
 
