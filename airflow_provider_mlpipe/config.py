@@ -10,7 +10,7 @@ from pathlib import Path
 
 from airflow_provider_mlpipe.exceptions import ConfigError
 
-RUNTIMES = ("local",)
+RUNTIMES = ("local", "kubernetes")
 ENDPOINTS = ("staging", "production")
 
 
@@ -43,6 +43,60 @@ def production_port() -> int:
         return int(raw)
     except ValueError:
         raise ConfigError("[mlpipe] production_port", raw, "an integer TCP port") from None
+
+
+def kubernetes_conn_id() -> str:
+    """Airflow connection of the cluster (`kubernetes` type: in-cluster or a kubeconfig)."""
+    return _get("kubernetes_conn_id", "kubernetes_default")
+
+
+def kubernetes_namespace() -> str:
+    """Namespace of the Jobs, Deployments and Services; empty: the connection's, else `mlpipe`."""
+    return _get("kubernetes_namespace", "")
+
+
+def kubernetes_oss_secret() -> str:
+    """Secret with keys `access_key_id` and `access_key_secret`, handed to pods by secretKeyRef only."""
+    return _get("kubernetes_oss_secret", "mlpipe-oss")
+
+
+def kubernetes_serving_image() -> str:
+    return _get("kubernetes_serving_image", "tensorflow/serving:2.19.0")
+
+
+def kubernetes_fetch_image() -> str:
+    """Image of the serving Deployment's init container (serving_image/Dockerfile.fetch); required."""
+    image = _get("kubernetes_fetch_image", "")
+    if not image.strip():
+        raise ConfigError(
+            "[mlpipe] kubernetes_fetch_image",
+            image,
+            "the pushed fetch image (serving_image/Dockerfile.fetch)",
+        )
+    return image.strip()
+
+
+def kubernetes_service_account() -> str:
+    """Service account of the training and serving pods; empty: the namespace's default."""
+    return _get("kubernetes_service_account", "")
+
+
+def kubernetes_url_template() -> str:
+    """Endpoint URL template with {service}, {namespace}, {host}, {port}; empty: in-cluster DNS for
+    ClusterIP services, the load balancer's address for LoadBalancer ones."""
+    return _get("kubernetes_url_template", "")
+
+
+def kubernetes_service_type(endpoint: str) -> str:
+    """Service type per endpoint: `[mlpipe] kubernetes_staging_service_type` (ClusterIP) and
+    `kubernetes_production_service_type` (LoadBalancer)."""
+    default = "LoadBalancer" if endpoint == "production" else "ClusterIP"
+    value = _get(f"kubernetes_{endpoint}_service_type", default)
+    if value not in ("ClusterIP", "LoadBalancer", "NodePort"):
+        raise ConfigError(
+            f"[mlpipe] kubernetes_{endpoint}_service_type", value, "ClusterIP, NodePort or LoadBalancer"
+        )
+    return value
 
 
 def check_runtime(runtime: object) -> str:

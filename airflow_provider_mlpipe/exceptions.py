@@ -33,9 +33,29 @@ class AliasConflictError(ModelStoreError):
     """Another run changed an alias between our read and our write (compare-and-swap lost)."""
 
 
+class StoreNotFound(ModelStoreError):
+    """The bucket, or an object the store expected (manifest, alias record, model file), does not exist."""
+
+
+class StoreBucketNotFound(StoreNotFound):
+    """The bucket itself does not exist (wrong name, region or endpoint): retrying cannot help."""
+
+
+class StoreAccessDenied(ModelStoreError):
+    """The object store refused the credentials or the request (HTTP 403): retrying cannot help."""
+
+
+class StoreUnavailable(ModelStoreError):
+    """The object store kept failing with transient errors (5xx, throttling, network) after every retry."""
+
+
 class TrainingError(MlpipeError):
     """The training process or Job failed; the message carries the reason and the last log lines."""
 
 
 class ServingError(MlpipeError):
     """A serving endpoint could not be started, did not become AVAILABLE, or answered with an error."""
+
+
+class KubernetesRuntimeError(MlpipeError):
+    """A Kubernetes API call failed (other than the not-found / already-exists cases the runtime handles)."""

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ TRAIN_SIZE = 60000
 TEST_SIZE = 10000
 
 DATASET_DIR_ENV = "MLPIPE_DATASET_DIR"
+# Where oss:// datasets are downloaded to (default: <tmp>/mlpipe-datasets).
+DATASET_CACHE_ENV = "MLPIPE_DATASET_CACHE"
 KERAS_DOWNLOAD = "keras-download"
 
 Split = Literal["train", "test"]
@@ -105,7 +108,7 @@ def default_dataset_dir() -> str | None:
 
 
 def resolve_location(location: str) -> Path:
-    """Turn a directory path or ``file://`` URI into a local directory path."""
+    """Turn a directory path, ``file://`` URI or ``oss://bucket/prefix`` (downloaded) into a local directory."""
     if "://" not in location:
         return Path(location).expanduser()
     parsed = urlparse(location)
@@ -116,14 +119,56 @@ def resolve_location(location: str) -> Path:
             )
         return Path(unquote(parsed.path))
     if parsed.scheme == "oss":
-        raise DatasetError(
-            f"dataset location {location!r} is an OSS URI: OSS datasets need the OSS store backend, "
-            "which is not available yet; expected a local directory or file:// URI"
-        )
+        return fetch_oss_dataset(location)
     raise DatasetError(
         f"dataset location {location!r} has unsupported scheme {parsed.scheme!r}: "
         "expected a local directory, file:// or oss:// URI"
     )
+
+
+def fetch_oss_dataset(location: str, cache_root: Path | None = None) -> Path:
+    """Download the four files under ``oss://bucket/prefix/`` into a local cache directory and return it.
+
+    Uses the model store's OSS backend (same credentials: OSS_* environment variables, same retries and
+    CRC64 checks). Files are downloaded on every call, so the data trained on is what the bucket holds now
+    (the checksum recorded in the manifest then describes it truthfully).
+    """
+    from airflow_provider_mlpipe.exceptions import (
+        ConfigError,
+        ModelStoreError,
+        StoreBucketNotFound,
+        StoreNotFound,
+    )
+    from airflow_provider_mlpipe.modelstore.oss import OssBackend, OssCredentials, parse_oss_uri
+
+    try:
+        bucket, prefix = parse_oss_uri(location)
+        backend = OssBackend(bucket, prefix, OssCredentials.from_env())
+    except ConfigError as exc:
+        raise DatasetError(f"dataset location {location!r} cannot be opened: {exc}") from exc
+    root = cache_root or Path(
+        os.environ.get(DATASET_CACHE_ENV) or Path(tempfile.gettempdir()) / "mlpipe-datasets"
+    )
+    directory = root / bucket / (prefix or "_root")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        # Download aside, then rename: a concurrent reader never sees half a file.
+        part = directory / f".{name}.{os.getpid()}.part"
+        try:
+            backend.get_file(name, part)
+        except StoreBucketNotFound as exc:
+            part.unlink(missing_ok=True)
+            raise DatasetError(f"dataset location {location!r}: {exc}") from exc
+        except StoreNotFound as exc:
+            part.unlink(missing_ok=True)
+            raise DatasetError(
+                f"dataset location {location!r} is missing {name}: expected all of {', '.join(FILES)}"
+            ) from exc
+        except ModelStoreError as exc:
+            part.unlink(missing_ok=True)
+            raise DatasetError(f"dataset location {location!r}: downloading {name} failed: {exc}") from exc
+        os.replace(part, directory / name)
+    return directory
 
 
 def _read_idx(path: Path) -> U8Array:

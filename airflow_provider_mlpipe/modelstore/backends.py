@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from airflow_provider_mlpipe.exceptions import ModelStoreError
+from airflow_provider_mlpipe.exceptions import ModelStoreError, StoreNotFound
 
 
 class Backend(Protocol):
@@ -34,6 +34,8 @@ class Backend(Protocol):
     def list_children(self, prefix: str) -> list[str]: ...
 
     def list_files(self, prefix: str) -> list[str]: ...
+
+    def delete(self, key: str) -> None: ...
 
     def delete_prefix(self, prefix: str) -> None: ...
 
@@ -70,7 +72,7 @@ class FileBackend:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise ModelStoreError(f"{self.uri}/{key} does not exist") from None
+            raise StoreNotFound(f"{self.uri}/{key} does not exist") from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -101,7 +103,7 @@ class FileBackend:
         try:
             shutil.copyfile(self._path(key), dest)
         except FileNotFoundError:
-            raise ModelStoreError(f"{self.uri}/{key} does not exist") from None
+            raise StoreNotFound(f"{self.uri}/{key} does not exist") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -121,6 +123,9 @@ class FileBackend:
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".")
         )
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, ModelStoreError
 from airflow_provider_mlpipe.modelstore.backends import Backend, FileBackend
+
+if TYPE_CHECKING:
+    from airflow_provider_mlpipe.modelstore.oss import OssCredentials
+
+log = logging.getLogger(__name__)
 
 MARKER = "_PUBLISHED"
 MANIFEST = "manifest.json"
@@ -63,10 +69,20 @@ def published_versions_in_dir(base: Path) -> list[int]:
     )
 
 
-def open_store(uri: str) -> ModelStore:
-    """Open a store from `file:///abs/path`, a plain path, or (with the OSS backend) `oss://bucket/prefix`."""
+def open_store(uri: str, *, credentials: OssCredentials | None = None) -> ModelStore:
+    """Open a store from `file:///abs/path`, a plain path, or `oss://bucket/prefix`.
+
+    For oss:// the credentials come from `credentials` (the Airflow hook passes the connection's) or from
+    the OSS_* environment variables (containers).
+    """
     if not uri or not isinstance(uri, str):
         raise ConfigError("model_store", uri, "a store URI such as file:///var/mlpipe/models or a path")
+    if uri.startswith("oss://"):
+        # oss2 is imported only here: file:// users and Airflow parse time never pay for it.
+        from airflow_provider_mlpipe.modelstore.oss import OssBackend, OssCredentials, parse_oss_uri
+
+        bucket, prefix = parse_oss_uri(uri)
+        return ModelStore(OssBackend(bucket, prefix, credentials or OssCredentials.from_env()))
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         # file:// URIs percent-encode (Path.as_uri() writes a space as %20): decode to round-trip them.
@@ -74,7 +90,7 @@ def open_store(uri: str) -> ModelStore:
         if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
             raise ConfigError("model_store", uri, "file:///absolute/path (no host part)")
         return ModelStore(FileBackend(path))
-    raise ConfigError("model_store", uri, "a file:// URI or a local path (oss:// needs the OSS backend)")
+    raise ConfigError("model_store", uri, "file:///absolute/path, oss://bucket/prefix or a local path")
 
 
 class ModelStore:
@@ -340,7 +356,7 @@ class ModelStore:
                 f"{model_name} production v{current['version']} has no earlier version to roll back to"
             )
         target = earlier[-1]
-        return self.set_alias(
+        record = self.set_alias(
             model_name,
             "production",
             target["version"],
@@ -350,3 +366,123 @@ class ModelStore:
             reason=f"rollback from v{current['version']}: {reason}",
             extra={key: target[key] for key in ("accuracy",) if key in target},
         )
+        # The version rolled away from becomes `previous`: retention keeps it, and a second rollback (or a
+        # promote) can bring it back once it is fixed.
+        prev = self.get_alias(model_name, "previous")
+        self.set_alias(
+            model_name,
+            "previous",
+            current["version"],
+            expected_generation=prev["generation"] if prev else None,
+            run_id=run_id,
+            approved_by=requested_by,
+            reason=f"rolled back to v{target['version']}",
+        )
+        return record
+
+    # -- serving --------------------------------------------------------------------------------------
+
+    def local_model_base(self, model_name: str, version: int, cache_dir: Path) -> Path:
+        """A TF-Serving style base path `<base>/<version>/` holding `version` on this machine: the store's own
+        directory for file://, else `cache_dir/...` filled by :meth:`fetch` (sha256-verified) once."""
+        name, version = check_model_name(model_name), check_version(version)
+        local = self.backend.local_path(name)
+        if local is not None:
+            return local
+        # One cache directory per store URI, so two stores with the same model name never mix versions.
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", self.uri)[:100]
+        base = Path(cache_dir) / f"{slug}-{hashlib.sha256(self.uri.encode()).hexdigest()[:8]}" / name
+        if not (base / str(version) / MARKER).is_file():
+            try:
+                self.fetch(name, version, base)
+            except ModelStoreError:
+                # A concurrent fetch of the same version may have won the final rename.
+                if not (base / str(version) / MARKER).is_file():
+                    raise
+        return base
+
+    # -- retention ------------------------------------------------------------------------------------
+
+    def aliased_versions(self, model_name: str) -> dict[int, list[str]]:
+        """version -> the aliases whose current record points at it."""
+        found: dict[int, list[str]] = {}
+        for alias in ALIASES:
+            record = self.get_alias(model_name, alias)
+            if record:
+                found.setdefault(int(record["version"]), []).append(alias)
+        return found
+
+    def apply_retention(
+        self,
+        model_name: str,
+        keep_last: int,
+        *,
+        grace: timedelta = timedelta(hours=48),
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Delete published versions beyond the newest `keep_last`, never one that an alias points at, and
+        unfinished uploads whose reservation is older than `grace` (younger ones may be a run publishing
+        right now: `grace` must exceed the longest training plus upload).
+
+        Reservations and events stay, so version numbers are never reused and history stays readable.
+        """
+        name = check_model_name(model_name)
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ConfigError("keep_last", keep_last, "an integer >= 1 (the newest version is always kept)")
+        now = now or datetime.now(UTC)
+        published = self.published_versions(name)
+        aliased = self.aliased_versions(name)
+        newest = set(published[-keep_last:])
+        reservations = dict(self._reservations(name))
+        kept: list[int] = []
+        protected: dict[int, str] = {}
+        to_delete: list[tuple[int, str]] = []
+        for version in published:
+            if version in newest:
+                kept.append(version)
+            elif version in aliased:
+                protected[version] = f"aliased as {', '.join(aliased[version])}"
+            else:
+                to_delete.append((version, "published"))
+        unfinished = sorted(
+            int(c)
+            for c in self.backend.list_children(name)
+            if c.isdigit() and int(c) > 0 and int(c) not in published
+        )
+        for version in unfinished:
+            record = reservations.get(version, {})
+            try:
+                reserved_at = datetime.fromisoformat(str(record.get("reserved_at")))
+            except ValueError:
+                reserved_at = None
+            if reserved_at is not None and now - reserved_at < grace:
+                protected[version] = (
+                    f"unfinished upload of run {record.get('run_id')!r} within the grace period"
+                )
+            else:
+                to_delete.append((version, "unfinished"))
+        deleted: list[int] = []
+        for version, kind in to_delete:
+            if dry_run:
+                deleted.append(version)
+                continue
+            # Re-read the aliases right before deleting: a promotion may have happened since the listing.
+            if kind == "published" and version in self.aliased_versions(name):
+                protected[version] = "aliased while retention ran"
+                continue
+            prefix = f"{name}/{version}"
+            if kind == "published":
+                # Marker first: from here on every reader sees the version as gone, never as half-deleted.
+                self.backend.delete(f"{prefix}/{MARKER}")
+            self.backend.delete_prefix(prefix)
+            deleted.append(version)
+            log.info("retention deleted %s v%s (%s) from %s", name, version, kind, self.uri)
+        return {
+            "model_name": name,
+            "keep_last": keep_last,
+            "kept": sorted(kept),
+            "protected": {str(v): why for v, why in sorted(protected.items())},
+            "deleted": sorted(deleted),
+            "dry_run": dry_run,
+        }

@@ -1,0 +1,480 @@
+"""Kubernetes manifests of the `kubernetes` runtime, built as plain dicts by pure functions.
+
+No I/O and no Kubernetes client here: the operators build a manifest, the hooks send it. Keeping them pure
+lets the tests validate every manifest against the Kubernetes OpenAPI schemas (`kubernetes-validate
+--strict`) without a cluster.
+
+Credentials never appear in a manifest: pods get the OSS keys through `secretKeyRef` to a Secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from airflow_provider_mlpipe.exceptions import ConfigError
+
+TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
+FETCH_MODULE = "airflow_provider_mlpipe.images.serving.fetch"
+REST_PORT = 8501
+GRPC_PORT = 8500
+RUN_AS = 10001  # the uid/gid the training and fetch images create (Dockerfiles)
+MODELS_DIR = "/models"
+SCRATCH_DIR = "/scratch"
+
+# Label and annotation keys (one prefix so `kubectl get -l mlpipe.io/model=...` finds everything).
+L_NAME = "app.kubernetes.io/name"
+L_COMPONENT = "app.kubernetes.io/component"
+L_MANAGED_BY = "app.kubernetes.io/managed-by"
+L_MODEL = "mlpipe.io/model"
+L_VERSION = "mlpipe.io/model-version"
+L_DAG = "mlpipe.io/dag-id"
+L_RUN = "mlpipe.io/run"
+L_ENDPOINT = "mlpipe.io/endpoint"
+A_RUN_ID = "mlpipe.io/run-id"
+A_IMAGE = "mlpipe.io/image"
+A_VERSION = "mlpipe.io/model-version"
+A_PREVIOUS_VERSION = "mlpipe.io/previous-version"
+A_PREVIOUS_TEMPLATE = "mlpipe.io/previous-template"
+
+# OSS credentials: Secret keys -> environment variables the OSS store backend reads.
+OSS_SECRET_KEYS = {
+    "OSS_ACCESS_KEY_ID": ("access_key_id", False),
+    "OSS_ACCESS_KEY_SECRET": ("access_key_secret", False),
+    # Optional: the endpoint may also come from the store URI.
+    "OSS_ENDPOINT": ("endpoint", True),
+}
+
+_DNS_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def dns_label(base: str, *, unique: str | None = None, max_len: int = 63) -> str:
+    """A DNS-1035 label (valid for Jobs, Deployments and Services) from `base`.
+
+    With `unique`, a short hash of it is appended; a base too long is cut and suffixed with a hash of
+    itself, so two long names that share a prefix still differ.
+    """
+    name = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-") or "x"
+    if not name[0].isalpha():
+        name = f"x-{name}"
+    suffix = f"-{short_hash(unique)}" if unique is not None else ""
+    if len(name) + len(suffix) > max_len:
+        suffix = f"-{short_hash(base + (unique or ''))}"
+        name = name[: max_len - len(suffix)].rstrip("-")
+    name += suffix
+    if not _DNS_LABEL_RE.fullmatch(name) or len(name) > max_len:  # pragma: no cover - by construction
+        raise ConfigError("kubernetes name", name, "a DNS-1035 label")
+    return name
+
+
+def label_value(value: object) -> str:
+    """A valid label value: at most 63 of [A-Za-z0-9._-], alphanumeric at both ends (or empty)."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", str(value))
+    if len(text) > 63:
+        text = f"{text[:54]}-{short_hash(str(value))}"
+    return text.strip("-._")
+
+
+def train_job_name(model_name: str, version: int, run_key: str) -> str:
+    """Deterministic per run and version: a retried or restarted task finds the Job it created."""
+    return dns_label(f"train-{model_name}-v{version}", unique=run_key)
+
+
+def serving_name(endpoint_name: str) -> str:
+    """Deployment and Service name of an endpoint (the runtime-neutral endpoint name when it fits)."""
+    if len(endpoint_name) <= 63 and _DNS_LABEL_RE.fullmatch(endpoint_name):
+        return endpoint_name
+    return dns_label(endpoint_name)
+
+
+def pinned_image(image: str, digest: str) -> str:
+    """`repository@sha256:...`: what was pushed and tested is what runs, whatever happens to the tag."""
+    repository, at, existing = image.partition("@")
+    if at:
+        if digest and existing != digest:
+            raise ConfigError("digest", digest, f"the digest the image reference carries ({existing})")
+        if not _DIGEST_RE.fullmatch(existing):
+            raise ConfigError("image", image, "a reference pinned by 'sha256:' and 64 lowercase hex digits")
+        return image
+    if not digest:
+        raise ConfigError(
+            "digest", digest, "the image's sha256 digest: the kubernetes runtime runs images by digest"
+        )
+    if not _DIGEST_RE.fullmatch(digest):
+        raise ConfigError("digest", digest, "'sha256:' followed by 64 lowercase hex digits")
+    last_slash = repository.rfind("/")
+    tag_colon = repository.rfind(":")
+    if tag_colon > last_slash:  # a tag, not a registry port
+        repository = repository[:tag_colon]
+    return f"{repository}@{digest}"
+
+
+def labels(
+    component: str, *, model_name: str, version: int | None, dag_id: str, run_key: str
+) -> dict[str, str]:
+    result = {
+        L_NAME: "mlpipe",
+        L_COMPONENT: component,
+        L_MANAGED_BY: "airflow-provider-mlpipe",
+        L_MODEL: label_value(model_name),
+        L_DAG: label_value(dag_id),
+        L_RUN: short_hash(run_key, 16),
+    }
+    if version is not None:
+        result[L_VERSION] = str(version)
+    return result
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def oss_env(secret_name: str, *, required: bool) -> list[dict[str, Any]]:
+    """OSS credentials as secretKeyRef env vars; `required=False` when nothing reads OSS (file:// store)."""
+    return [
+        {
+            "name": env,
+            "valueFrom": {
+                "secretKeyRef": {"name": secret_name, "key": key, "optional": optional or not required}
+            },
+        }
+        for env, (key, optional) in OSS_SECRET_KEYS.items()
+    ]
+
+
+def uses_oss(*uris: str | None) -> bool:
+    return any(str(uri or "").startswith("oss://") for uri in uris)
+
+
+def _pod_spec_common(service_account: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        # The pods never call the Kubernetes API: give them no token to steal.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+    }
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return spec
+
+
+def training_resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+    limits: dict[str, Any] = {"memory": memory}
+    if gpus > 0:
+        # Extended resources are set as limits only (requests default to them).
+        limits["nvidia.com/gpu"] = str(gpus)
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
+
+
+def train_job(
+    *,
+    name: str,
+    namespace: str,
+    image: str,
+    model_name: str,
+    version: int,
+    model_store: str,
+    dataset: str | None,
+    hyperparameters: dict[str, int | float],
+    run_key: str,
+    dag_id: str,
+    digest: str,
+    oss_secret: str,
+    cpu: str = "2",
+    memory: str = "4Gi",
+    gpus: int = 0,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+    backoff_limit: int = 1,
+    active_deadline_seconds: int = 6 * 3600,
+    ttl_seconds_after_finished: int = 24 * 3600,
+    service_account: str = "",
+) -> dict[str, Any]:
+    """batch/v1 Job running the trainer of `image` (pinned by digest) for one model version."""
+    meta_labels = labels("training", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
+    env: list[dict[str, Any]] = [
+        {"name": "MLPIPE_MODEL_STORE", "value": model_store},
+        {"name": "MLPIPE_MODEL_NAME", "value": model_name},
+        {"name": "MLPIPE_MODEL_VERSION", "value": str(version)},
+        {"name": "MLPIPE_IMAGE", "value": image},
+        {"name": "MLPIPE_IMAGE_DIGEST", "value": digest},
+        {"name": "MLPIPE_RUN_ID", "value": run_key},
+        {"name": "MLPIPE_SCRATCH_DIR", "value": SCRATCH_DIR},
+        # Keras and TensorFlow write caches under HOME and TMPDIR: both are writable volumes.
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if dataset:
+        env.append({"name": "MLPIPE_DATASET", "value": dataset})
+    env.extend(oss_env(oss_secret, required=uses_oss(model_store, dataset)))
+    args = [f"--{key.replace('_', '-')}={value}" for key, value in sorted(hyperparameters.items())]
+    tolerations = list(tolerations or [])
+    if gpus > 0 and not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    pod_spec: dict[str, Any] = {
+        **_pod_spec_common(service_account),
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "trainer",
+                "image": pinned_image(image, digest),
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python", "-m", TRAINER_MODULE],
+                "args": args,
+                "env": env,
+                "resources": training_resources(cpu, memory, gpus),
+                "securityContext": container_security_context(),
+                "volumeMounts": [
+                    {"name": "scratch", "mountPath": SCRATCH_DIR},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {"sizeLimit": "8Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": meta_labels,
+            "annotations": {A_RUN_ID: run_key, A_IMAGE: image},
+        },
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": active_deadline_seconds,
+            "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+            "completions": 1,
+            "parallelism": 1,
+            "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
+        },
+    }
+
+
+def serving_selector(name: str) -> dict[str, str]:
+    """Stable across versions: a rollout changes the template, never the selector (it is immutable)."""
+    return {L_NAME: "mlpipe-serving", L_ENDPOINT: name}
+
+
+def serving_pod_template(
+    *,
+    name: str,
+    model_name: str,
+    version: int,
+    model_store: str,
+    serving_image: str,
+    fetch_image: str,
+    oss_secret: str,
+    cpu: str = "500m",
+    memory: str = "1Gi",
+    service_account: str = "",
+) -> dict[str, Any]:
+    """Pod template: fetch `version` from the store into an emptyDir, then TF Serving reads it."""
+    base_path = f"{MODELS_DIR}/{model_name}"
+    mounts = [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    return {
+        "metadata": {
+            "labels": {**serving_selector(name), L_MODEL: label_value(model_name), L_VERSION: str(version)},
+            "annotations": {A_VERSION: str(version)},
+        },
+        "spec": {
+            **_pod_spec_common(service_account),
+            "initContainers": [
+                {
+                    "name": "fetch-model",
+                    "image": fetch_image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python", "-m", FETCH_MODULE],
+                    "args": [
+                        f"--model-store={model_store}",
+                        f"--model-name={model_name}",
+                        f"--version={version}",
+                        f"--dest={base_path}",
+                    ],
+                    "env": [
+                        {"name": "HOME", "value": "/tmp"},
+                        *oss_env(oss_secret, required=uses_oss(model_store)),
+                    ],
+                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                    "securityContext": container_security_context(),
+                    "volumeMounts": mounts,
+                }
+            ],
+            "containers": [
+                {
+                    "name": "tf-serving",
+                    "image": serving_image,
+                    "imagePullPolicy": "IfNotPresent",
+                    # The binary itself, not the image's entrypoint script: the flags below are all of it.
+                    "command": ["tensorflow_model_server"],
+                    "args": [
+                        f"--model_name={model_name}",
+                        f"--model_base_path={base_path}",
+                        f"--rest_api_port={REST_PORT}",
+                        f"--port={GRPC_PORT}",
+                        # The emptyDir never changes after the init container: polling would only cost.
+                        "--file_system_poll_wait_seconds=0",
+                    ],
+                    "ports": [
+                        {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
+                        {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                    ],
+                    "readinessProbe": {
+                        "httpGet": {"path": f"/v1/models/{model_name}", "port": "http"},
+                        "initialDelaySeconds": 2,
+                        "periodSeconds": 5,
+                        "timeoutSeconds": 3,
+                        "failureThreshold": 3,
+                    },
+                    "livenessProbe": {
+                        "tcpSocket": {"port": "http"},
+                        "initialDelaySeconds": 15,
+                        "periodSeconds": 20,
+                        "failureThreshold": 3,
+                    },
+                    "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}},
+                    "securityContext": container_security_context(),
+                    "volumeMounts": [
+                        {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "models", "emptyDir": {"sizeLimit": "2Gi"}},
+                {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+            ],
+        },
+    }
+
+
+def serving_deployment(
+    *,
+    name: str,
+    namespace: str,
+    endpoint: str,
+    model_name: str,
+    version: int,
+    run_key: str,
+    dag_id: str,
+    template: dict[str, Any],
+    replicas: int = 1,
+    progress_deadline_seconds: int = 600,
+) -> dict[str, Any]:
+    meta_labels = labels("serving", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
+    meta_labels[L_ENDPOINT] = name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": meta_labels,
+            "annotations": {A_VERSION: str(version), A_RUN_ID: run_key, "mlpipe.io/endpoint-kind": endpoint},
+        },
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": progress_deadline_seconds,
+            "selector": {"matchLabels": serving_selector(name)},
+            # Never below the wanted capacity: the old version serves until the new one is ready, which
+            # is also what makes a rollback instant.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": template,
+        },
+    }
+
+
+def serving_service(
+    *,
+    name: str,
+    namespace: str,
+    service_type: str,
+    model_name: str,
+    run_key: str,
+    dag_id: str,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    meta_labels = labels("serving", model_name=model_name, version=None, dag_id=dag_id, run_key=run_key)
+    meta_labels[L_ENDPOINT] = name
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": meta_labels}
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": service_type,
+            "selector": serving_selector(name),
+            "ports": [
+                {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def rollout_patch(deployment: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch moving `deployment` to `new`'s template, remembering the current one for a rollback.
+
+    A JSON patch (not a strategic merge) so the template is replaced exactly: no env var or volume of the
+    previous version survives by merge.
+    """
+    meta = deployment.get("metadata") or {}
+    annotations = dict(meta.get("annotations") or {})
+    annotations.update(new["metadata"].get("annotations") or {})
+    annotations[A_PREVIOUS_VERSION] = str((meta.get("annotations") or {}).get(A_VERSION, ""))
+    annotations[A_PREVIOUS_TEMPLATE] = json.dumps(deployment["spec"]["template"], sort_keys=True)
+    return [
+        {"op": "replace", "path": "/spec/template", "value": new["spec"]["template"]},
+        {"op": "replace", "path": "/spec/replicas", "value": new["spec"]["replicas"]},
+        {"op": "add", "path": "/metadata/labels", "value": new["metadata"]["labels"]},
+        {"op": "add", "path": "/metadata/annotations", "value": annotations},
+    ]
+
+
+def rollback_patch(deployment: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """JSON patch restoring the template recorded by `rollout_patch`; None when there is none."""
+    annotations = dict((deployment.get("metadata") or {}).get("annotations") or {})
+    raw = annotations.pop(A_PREVIOUS_TEMPLATE, None)
+    previous_version = annotations.pop(A_PREVIOUS_VERSION, "")
+    if not raw:
+        return None
+    annotations[A_VERSION] = previous_version
+    return [
+        {"op": "replace", "path": "/spec/template", "value": json.loads(raw)},
+        {"op": "add", "path": "/metadata/annotations", "value": annotations},
+    ]

@@ -1,0 +1,134 @@
+"""Async wait for a serving Deployment's rollout and, for a LoadBalancer Service, its external address."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError
+from airflow_provider_mlpipe.hooks.kubernetes import (
+    AVAILABLE,
+    FAILED,
+    AsyncKubernetesResourceHook,
+    pod_problems,
+    rollout_state,
+    selector_string,
+    service_address,
+)
+
+
+class KubernetesServingTrigger(BaseTrigger):
+    """Wait until Deployment `deployment` has rolled out `generation`, then (with `wait_for_address`)
+    until Service `service` has an external IP or hostname.
+
+    Events: `available` (with `address`, None for ClusterIP), `failed` (rollout: ProgressDeadlineExceeded,
+    with the pods' reasons), `timeout` (with `stage`: rollout or address), `gone`.
+    """
+
+    def __init__(
+        self,
+        *,
+        deployment: str,
+        service: str,
+        namespace: str,
+        conn_id: str,
+        generation: int,
+        pod_selector: dict[str, str],
+        wait_for_address: bool,
+        timeout_at: float,
+        poll_interval: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.deployment = deployment
+        self.service = service
+        self.namespace = namespace
+        self.conn_id = conn_id
+        self.generation = generation
+        self.pod_selector = pod_selector
+        self.wait_for_address = wait_for_address
+        self.timeout_at = timeout_at
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "deployment": self.deployment,
+                "service": self.service,
+                "namespace": self.namespace,
+                "conn_id": self.conn_id,
+                "generation": self.generation,
+                "pod_selector": self.pod_selector,
+                "wait_for_address": self.wait_for_address,
+                "timeout_at": self.timeout_at,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
+        return TriggerEvent(
+            {
+                "status": status,
+                "deployment": self.deployment,
+                "service": self.service,
+                "namespace": self.namespace,
+                "message": message,
+                **extra,
+            }
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = AsyncKubernetesResourceHook(self.conn_id, self.namespace)
+        rolled_out = False
+        last = "no status read yet"
+        while True:
+            try:
+                if not rolled_out:
+                    deployment = await hook.get("Deployment", self.deployment)
+                    if deployment is None:
+                        yield self._event("gone", f"Deployment {self.namespace}/{self.deployment} is gone")
+                        return
+                    state, last = rollout_state(deployment, self.generation)
+                    if state == FAILED:
+                        pods = await hook.list_pods(selector_string(self.pod_selector))
+                        yield self._event("failed", last, pod_problems=pod_problems(pods))
+                        return
+                    rolled_out = state == AVAILABLE
+                    if rolled_out:
+                        self.log.info("Deployment %s: %s", self.deployment, last)
+                if rolled_out:
+                    if not self.wait_for_address:
+                        yield self._event("available", last, address=None)
+                        return
+                    service = await hook.get("Service", self.service)
+                    if service is None:
+                        yield self._event("gone", f"Service {self.namespace}/{self.service} is gone")
+                        return
+                    address = service_address(service)
+                    if address:
+                        yield self._event("available", last, address=address)
+                        return
+                    last = "the load balancer has no external IP or hostname yet"
+            except KubernetesRuntimeError as err:
+                last = f"status check failed: {err}"
+                self.log.warning("%s: %s", self.deployment, last)
+            if time.time() >= self.timeout_at:
+                stage = "address" if rolled_out else "rollout"
+                pods: list[dict[str, Any]] = []
+                if not rolled_out:
+                    try:
+                        pods = await hook.list_pods(selector_string(self.pod_selector))
+                    except KubernetesRuntimeError:
+                        pods = []
+                yield self._event(
+                    "timeout",
+                    f"{stage} not done by {time.ctime(self.timeout_at)}: {last}",
+                    stage=stage,
+                    pod_problems=pod_problems(pods),
+                )
+                return
+            await asyncio.sleep(self.poll_interval)

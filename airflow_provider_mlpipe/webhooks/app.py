@@ -1,0 +1,253 @@
+"""The FastAPI app the `mlpipe_webhooks` plugin mounts on Airflow's api-server at `/mlpipe`.
+
+- `POST /mlpipe/webhooks/acr?token=<secret>`: an ACR push event; one DAG run per (repository, digest).
+- `GET /mlpipe/webhooks/acr/events?token=<secret>&limit=50&state=pending`: recent events, their run ids,
+  event states and run states.
+
+Airflow does not authenticate plugin apps, and ACR signs nothing, so every request must carry the shared
+secret (Variable `mlpipe_acr_webhook_secret`) as `?token=` or header `X-Mlpipe-Token`; it is compared in
+constant time, and a missing or wrong one gets a bare 401. The query parameter is named `token` because
+Airflow's access log redacts parameters with that name.
+
+Answers: 201 run created; 200 the run already existed (repeated delivery); 202 `pending` (recorded, run
+not created yet, retried), `ignored` (no route) or `rejected` (the DAG refused the conf); 400 malformed
+JSON; 413 body over 64 KiB; 415 not JSON; 422 a field missing or wrong (named in `detail`); 503 the event
+could not be recorded (nothing was accepted; the sender should retry). Client input never yields a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from airflow_provider_mlpipe.webhooks.acr import AcrPushEvent, run_id_for
+from airflow_provider_mlpipe.webhooks.dispatch import (
+    CachedSettings,
+    Dispatcher,
+    RunStatesFn,
+    TriggerFn,
+    WebhookSettings,
+    airflow_engine,
+    airflow_run_states,
+    airflow_settings,
+    airflow_trigger,
+)
+from airflow_provider_mlpipe.webhooks.events import QUEUED, STATES, EventLog
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+TOKEN_HEADER = "X-Mlpipe-Token"
+TOKEN_QUERY = "token"
+MAX_EVENTS_LIMIT = 500
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _detail(status: int, loc: list[str | int], msg: str, type_: str) -> JSONResponse:
+    field = ".".join(str(part) for part in loc)
+    return JSONResponse({"detail": [{"loc": loc, "field": field, "msg": msg, "type": type_}]}, status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing to buffer more than `limit` bytes whatever Content-Length claims."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
+def create_app(
+    *,
+    settings: Callable[[], WebhookSettings] | None = None,
+    event_log: Callable[[], EventLog] | None = None,
+    trigger: TriggerFn | None = None,
+    run_states: RunStatesFn | None = None,
+    retry_loop: bool = True,
+) -> FastAPI:
+    """The app. Defaults use Airflow (Variables, `[mlpipe]`, the metadata DB); tests inject their own.
+
+    Nothing is read or connected here: the plugin module builds this app in every Airflow process that
+    loads plugins, and only the api-server ever serves it.
+    """
+    settings_fn = settings or CachedSettings(airflow_settings)
+    logs: dict[str, EventLog] = {}
+
+    def default_event_log() -> EventLog:
+        if "log" not in logs:
+            logs["log"] = EventLog(airflow_engine())
+        return logs["log"]
+
+    dispatcher = Dispatcher(
+        event_log=event_log or default_event_log,
+        settings=settings_fn,
+        trigger=trigger or airflow_trigger,
+        run_states=run_states or airflow_run_states,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_retry_forever(dispatcher)) if retry_loop else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="mlpipe webhooks",
+        description="Container registry webhooks that start mlpipe DAG runs.",
+        lifespan=lifespan,
+        # No interactive docs on an endpoint that is open to the registry's network.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.dispatcher = dispatcher
+
+    async def authenticated(request: Request) -> bool | Response:
+        try:
+            current = await run_in_threadpool(settings_fn)
+        except Exception:
+            log.exception("ACR webhook: cannot read its configuration (secret, routes)")
+            return JSONResponse(
+                {"detail": "configuration unavailable, try again"}, 503, {"Retry-After": "30"}
+            )
+        provided = request.headers.get(TOKEN_HEADER) or request.query_params.get(TOKEN_QUERY) or ""
+        if current.secret is None:
+            log.error("ACR webhook refused a request: Variable mlpipe_acr_webhook_secret is not set")
+            return Response(status_code=401)
+        if not hmac.compare_digest(provided.encode(), current.secret.encode()):
+            log.warning(
+                "ACR webhook: wrong or missing secret from %s", request.client and request.client.host
+            )
+            return Response(status_code=401)
+        return True
+
+    @app.post("/webhooks/acr")
+    async def acr_push(request: Request) -> Response:
+        auth = await authenticated(request)
+        if isinstance(auth, Response):
+            return auth
+        if not _is_json(request.headers.get("content-type")):
+            return _detail(
+                415, ["header", "content-type"], "expected application/json", "unsupported_media_type"
+            )
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return _detail(400, ["header", "content-length"], "not a byte count", "invalid_header")
+            if int(declared) > MAX_BODY_BYTES:
+                return _detail(413, ["body"], f"larger than {MAX_BODY_BYTES} bytes", "too_large")
+        try:
+            body = await _read_body(request, MAX_BODY_BYTES)
+        except _BodyTooLarge:
+            return _detail(413, ["body"], f"larger than {MAX_BODY_BYTES} bytes", "too_large")
+        try:
+            event = AcrPushEvent.model_validate_json(body)
+        except ValidationError as err:
+            errors = [
+                {
+                    "loc": ["body", *err_item["loc"]],
+                    "field": ".".join(str(part) for part in err_item["loc"]) or "body",
+                    "msg": err_item["msg"],
+                    "type": err_item["type"],
+                }
+                for err_item in err.errors(include_url=False, include_input=False, include_context=False)
+            ]
+            status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
+            return JSONResponse({"detail": errors}, status)
+
+        event_id = run_id_for(event.repo_full_name, event.digest)
+        try:
+            record, _, outcome = await run_in_threadpool(dispatcher.accept, event, event_id)
+        except Exception:
+            log.exception("ACR webhook: could not record event %s", event_id)
+            return JSONResponse(
+                {"detail": "event not recorded, try again", "event_id": event_id}, 503, {"Retry-After": "30"}
+            )
+        body_out: dict[str, Any] = {
+            "status": record.state,
+            "event_id": record.event_id,
+            "dag_id": record.dag_id,
+            "run_id": record.run_id,
+            "image": record.image,
+            "tag": record.tag,
+            "reason": record.reason,
+            "duplicate": record.state == QUEUED and not (outcome is not None and outcome.created),
+        }
+        created = outcome is not None and outcome.created
+        code = 202 if record.state != QUEUED else (201 if created else 200)
+        return JSONResponse(body_out, code)
+
+    @app.get("/webhooks/acr/events")
+    async def acr_events(request: Request) -> Response:
+        auth = await authenticated(request)
+        if isinstance(auth, Response):
+            return auth
+        raw_limit = request.query_params.get("limit", "50")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS_LIMIT:
+            return _detail(422, ["query", "limit"], f"expected an integer 1..{MAX_EVENTS_LIMIT}", "int_range")
+        state = request.query_params.get("state") or None
+        if state is not None and state not in STATES:
+            return _detail(422, ["query", "state"], f"expected one of {', '.join(STATES)}", "enum")
+
+        def load() -> list[dict[str, Any]]:
+            records = dispatcher.event_log().recent(int(raw_limit), state)
+            keys = [(r.dag_id, r.run_id) for r in records if r.dag_id and r.run_id]
+            states = dispatcher.run_states(keys)
+            return [
+                {
+                    **r.to_api(),
+                    "run_state": states.get((r.dag_id, r.run_id)) if r.dag_id and r.run_id else None,
+                }
+                for r in records
+            ]
+
+        try:
+            events = await run_in_threadpool(load)
+        except Exception:
+            log.exception("ACR webhook: cannot list events")
+            return JSONResponse({"detail": "events unavailable, try again"}, 503, {"Retry-After": "30"})
+        return JSONResponse({"events": events, "total": len(events)})
+
+    return app
+
+
+async def _retry_forever(dispatcher: Dispatcher) -> None:
+    """Every replica retries pending events; the deterministic run id keeps that idempotent."""
+    while True:
+        try:
+            interval = (await run_in_threadpool(dispatcher.settings)).retry_interval
+        except Exception:
+            log.exception("ACR webhook retry loop: cannot read configuration")
+            interval = 10.0
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(dispatcher.retry_due)
+        except Exception:
+            # A database outage must not end the loop: the events it would retry are still there.
+            log.exception("ACR webhook retry loop: pass failed; trying again in %.0f s", interval)
