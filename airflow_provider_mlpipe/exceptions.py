@@ -54,7 +54,14 @@ class TrainingError(MlpipeError):
 
 
 class ServingError(MlpipeError):
-    """A serving endpoint could not be started, did not become AVAILABLE, or answered with an error."""
+    """A serving endpoint could not be started, did not become AVAILABLE, or answered with an error.
+
+    `status` is the HTTP status of the endpoint's answer, None when there was no answer at all.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class KubernetesRuntimeError(MlpipeError):

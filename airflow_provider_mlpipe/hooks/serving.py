@@ -49,7 +49,7 @@ class ServingHook(BaseHook):
             try:
                 resp = self.session.request(method, url, json=payload, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as err:
-                problem = f"{type(err).__name__}: {err}"
+                problem, status = f"{type(err).__name__}: {err}", None
             else:
                 if resp.status_code < 300:
                     try:
@@ -63,13 +63,16 @@ class ServingHook(BaseHook):
                         raise ServingError(f"{method} {url}: expected a JSON object, got {body!r:.200}")
                     return body
                 problem = f"HTTP {resp.status_code}: {_error_text(resp)}"
+                status: int | None = resp.status_code
                 if resp.status_code not in _TRANSIENT_STATUS:
-                    raise ServingError(f"{method} {url} failed with {problem}")
+                    raise ServingError(f"{method} {url} failed with {problem}", status=resp.status_code)
             if attempt < self.retries:
                 delay = self.backoff * 2**attempt
                 self.log.warning("%s %s: %s; retrying in %.1f s", method, url, problem, delay)
                 time.sleep(delay)
-        raise ServingError(f"{method} {url} failed after {self.retries + 1} attempts: {problem}")
+        raise ServingError(
+            f"{method} {url} failed after {self.retries + 1} attempts: {problem}", status=status
+        )
 
     def model_status(self, version: int | None = None) -> list[dict[str, Any]]:
         path = f"/v1/models/{self.model_name}" + (f"/versions/{version}" if version else "")
@@ -79,10 +82,16 @@ class ServingHook(BaseHook):
         return status
 
     def available_versions(self) -> list[int]:
+        """Versions in state AVAILABLE; [] while the model is unknown to the server (still loading).
+
+        An endpoint that does not answer at all raises: waiting on a dead server would only burn the
+        sensor's timeout, while failing lets the task retry with backoff and then fail cleanly."""
         try:
             status = self.model_status()
-        except ServingError:
-            return []
+        except ServingError as err:
+            if err.status == 404:
+                return []
+            raise
         return sorted(int(s["version"]) for s in status if s.get("state") == "AVAILABLE")
 
     def predict(self, instances: list[Any], *, version: int | None = None) -> list[Any]:

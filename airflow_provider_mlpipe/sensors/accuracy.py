@@ -28,6 +28,10 @@ def _endpoint_url(endpoint: object) -> str:
 class AccuracySensor(BaseSensorOperator):
     """Wait until `endpoint_url` serves `version`, then measure accuracy on the test set.
 
+    While the server loads the model the sensor keeps poking; an endpoint that does not answer at all
+    (after the client's own retries) fails the attempt, so task retries with backoff apply and a dead
+    staging server ends in a clean failure instead of a sensor timeout.
+
     XCom: accuracy, per-class accuracy, confusion matrix, number of samples, version and endpoint.
 
     :param endpoint_url: URL (or the ServingDeployOperator's XCom) of the endpoint.

@@ -285,3 +285,14 @@ def test_evaluate_rejects_predictions_of_the_wrong_shape(
 def test_evaluate_rejects_an_empty_test_set() -> None:
     with pytest.raises(ServingError, match="empty test set"):
         make_hook("http://127.0.0.1:1").evaluate(np.zeros((0, 28, 28), dtype=np.uint8), np.array([]))
+
+
+def test_available_versions_raises_when_nothing_answers() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on that port any more: connection refused on every attempt.
+    hook = ServingHook(f"http://127.0.0.1:{port}", MODEL, retries=1, backoff=0.01)
+    with pytest.raises(ServingError, match="failed after 2 attempts") as err:
+        hook.available_versions()
+    assert err.value.status is None
