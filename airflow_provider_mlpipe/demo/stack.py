@@ -43,6 +43,9 @@ class StackConfig:
     users: dict[str, tuple[str, str]] = field(default_factory=lambda: {"admin": ("admin", "admin")})
     executor: str = "LocalExecutor"
     sql_alchemy_conn: str | None = None
+    # Production-like: CeleryExecutor with this many `airflow celery worker` processes on `broker_url`.
+    celery_workers: int = 0
+    broker_url: str = "redis://127.0.0.1:6379/0"
     dags_folder: Path = REPO_ROOT / "dags"
     plugins_folder: Path = REPO_ROOT / "plugins"
     parallelism: int = 8
@@ -95,6 +98,12 @@ class AirflowStack:
                 "production_port": str(cfg.production_port),
             },
         }
+        if cfg.executor == "CeleryExecutor":
+            sections["celery"] = {
+                "broker_url": cfg.broker_url,
+                "result_backend": "db+" + (cfg.sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}"),
+                "worker_concurrency": "4",
+            }
         for section, values in cfg.extra_config.items():
             sections.setdefault(section, {}).update(values)
         text = "".join(
@@ -132,12 +141,20 @@ class AirflowStack:
         self.airflow("db", "migrate")
         for component in components:
             self.start_component(component)
+        for index in range(1, self.config.celery_workers + 1):
+            self.start_component(f"celery-worker-{index}")
         self.wait_healthy(timeout)
 
     def start_component(self, component: str) -> subprocess.Popen[bytes]:
+        """Start `component` (scheduler, triggerer, ..., or `celery-worker-N`) with its log in logs/."""
         log = (self.home / "logs" / f"{component}.log").open("ab")
+        if component.startswith("celery-worker-"):
+            # Distinct hostnames: two workers on one machine must not collide in Celery's bookkeeping.
+            args = ["celery", "worker", "--celery-hostname", f"{component}@%h", "--skip-serve-logs"]
+        else:
+            args = [component]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow", component],
+            [sys.executable, "-m", "airflow", *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,5 +1,6 @@
 """The real DAG under a real Airflow: scheduler, dag-processor, triggerer and api-server run as separate
-processes (started here, SQLite + LocalExecutor), the local runtime runs real TensorFlow training and a
+processes started here, twice: SQLite + LocalExecutor (the embedded default) and PostgreSQL +
+CeleryExecutor with two Celery workers on Redis (production-like). The local runtime runs real TensorFlow training and a
 real TF-Serving-compatible server. Nothing is emulated; only the data is small (a few thousand images,
 two epochs) so the whole module takes a few minutes on two cores.
 """
@@ -36,9 +37,38 @@ BASE_CONF: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> Iterator[AirflowStack]:
+def _postgres_database() -> tuple[str, Any]:
+    """A fresh database on the local PostgreSQL server, and a function that drops it."""
+    import uuid
+
+    import psycopg2
+
+    name = f"mlpipe_e2e_{uuid.uuid4().hex[:10]}"
+    admin_conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    admin_conn.autocommit = True
+    with admin_conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin_conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_conn.close()
+
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}", drop
+
+
+# Two Airflow set-ups run the same tests: the embedded one (SQLite, LocalExecutor) and the
+# production-like one (PostgreSQL metadata database, CeleryExecutor with two workers on Redis).
+@pytest.fixture(scope="module", params=["sqlite-local", "postgres-celery"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path
+) -> Iterator[AirflowStack]:
     home = tmp_path_factory.mktemp("airflow-home")
+    drop_database = None
+    extra: dict[str, Any] = {}
+    if request.param == "postgres-celery":
+        conn, drop_database = _postgres_database()
+        extra = {"sql_alchemy_conn": conn, "executor": "CeleryExecutor", "celery_workers": 2}
     airflow = AirflowStack(
         StackConfig(
             home=home,
@@ -46,6 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> 
             production_port=free_port(),
             dataset_dir=str(fashion_mnist_dir),
             users={"admin": ("admin", "admin-pw"), "intruder": ("op", "intruder-pw")},
+            **extra,
         )
     )
     try:
@@ -57,6 +88,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> 
     finally:
         airflow.stop_local_runtime()
         airflow.stop()
+        if drop_database:
+            drop_database()
 
 
 @pytest.fixture(scope="module")
