@@ -38,7 +38,7 @@ integration: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy airflow_provider_mlpipe dags training_image serving_image
+	$(VENV)/bin/mypy airflow_provider_mlpipe dags plugins training_image serving_image
 
 clean:
 	rm -rf $(VENV) .airflow build *.egg-info .pytest_cache .mypy_cache .ruff_cache

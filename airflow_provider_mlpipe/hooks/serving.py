@@ -45,6 +45,7 @@ class ServingHook(BaseHook):
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         url = f"{self.url}{path}"
+        status: int | None = None
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.request(method, url, json=payload, timeout=self.timeout)
@@ -63,7 +64,7 @@ class ServingHook(BaseHook):
                         raise ServingError(f"{method} {url}: expected a JSON object, got {body!r:.200}")
                     return body
                 problem = f"HTTP {resp.status_code}: {_error_text(resp)}"
-                status: int | None = resp.status_code
+                status = resp.status_code
                 if resp.status_code not in _TRANSIENT_STATUS:
                     raise ServingError(f"{method} {url} failed with {problem}", status=resp.status_code)
             if attempt < self.retries:

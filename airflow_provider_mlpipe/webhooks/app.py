@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -140,7 +141,9 @@ def create_app(
         if current.secret is None:
             log.error("ACR webhook refused a request: Variable mlpipe_acr_webhook_secret is not set")
             return Response(status_code=401)
-        if not hmac.compare_digest(provided.encode(), current.secret.encode()):
+        # Hash both sides first so the comparison does not even leak the secret's length.
+        given = hashlib.sha256(provided.encode()).digest()
+        if not hmac.compare_digest(given, hashlib.sha256(current.secret.encode()).digest()):
             log.warning(
                 "ACR webhook: wrong or missing secret from %s", request.client and request.client.host
             )

@@ -245,8 +245,6 @@ class Dispatcher:
     def process(self, record: EventRecord) -> tuple[EventRecord, TriggerOutcome | None]:
         """Bring one recorded event as far as it can go now; never raises for a routing/run problem."""
         events = self.event_log()
-        if record.state == QUEUED:
-            return record, None
         settings = self.settings()
         if settings.routes is None:
             log.error("ACR event %s stays pending: %s", record.event_id, settings.routes_error)
@@ -310,7 +308,7 @@ class Dispatcher:
         """Record the delivery durably, then process it. Returns (event, new delivery?, outcome)."""
         with self.lock:
             record, created = self.event_log().record(event, event_id)
-            if record.state == QUEUED:
+            if record.state == QUEUED and self._run_exists(record):
                 return record, created, None
             try:
                 updated, outcome = self.process(record)
@@ -338,6 +336,18 @@ class Dispatcher:
         if retention > 0:
             events.prune(timedelta(days=retention))
         return done
+
+    def _run_exists(self, record: EventRecord) -> bool:
+        """False only when the run was deleted (someone wants the image run again): then re-create it."""
+        if not record.dag_id or not record.run_id:
+            return False
+        try:
+            return (record.dag_id, record.run_id) in self.run_states([(record.dag_id, record.run_id)])
+        except Exception:
+            log.warning(
+                "ACR event %s: cannot check its run; answering with it", record.event_id, exc_info=True
+            )
+            return True
 
     def _pending(
         self,

@@ -59,7 +59,14 @@ def test_unknown_fields_are_ignored_and_optional_ones_may_be_missing() -> None:
     body = payload()
     body["push_data"]["extra"] = {"anything": 1}
     body["new_top_level"] = True
-    for key in ("date_created", "name", "namespace", "repo_authentication_type", "repo_origin_type", "repo_type"):
+    for key in (
+        "date_created",
+        "name",
+        "namespace",
+        "repo_authentication_type",
+        "repo_origin_type",
+        "repo_type",
+    ):
         del body["repository"][key]
     assert AcrPushEvent.model_validate(body).repo_full_name == "mlpipe/fashion-trainer"
 
@@ -177,4 +184,3 @@ def test_routes_default_and_first_match_wins() -> None:
 def test_bad_routes_name_the_entry_and_field(raw: str, message: str) -> None:
     with pytest.raises(RoutesConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_routes(raw)
-
