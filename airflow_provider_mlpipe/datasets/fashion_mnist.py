@@ -142,7 +142,7 @@ def fetch_oss_dataset(location: str, cache_root: Path | None = None) -> Path:
     from airflow_provider_mlpipe.modelstore.oss import OssBackend, OssCredentials, parse_oss_uri
 
     try:
-        bucket, prefix = parse_oss_uri(location)
+        bucket, prefix = parse_oss_uri(location, field="dataset")
         backend = OssBackend(bucket, prefix, OssCredentials.from_env())
     except ConfigError as exc:
         raise DatasetError(f"dataset location {location!r} cannot be opened: {exc}") from exc

@@ -104,17 +104,17 @@ class OssCredentials:
         return env
 
 
-def parse_oss_uri(uri: str) -> tuple[str, str]:
-    """`oss://bucket/some/prefix` -> ("bucket", "some/prefix")."""
+def parse_oss_uri(uri: str, field: str = "model_store") -> tuple[str, str]:
+    """`oss://bucket/some/prefix` -> ("bucket", "some/prefix"); errors name `field`."""
     rest = uri[len("oss://") :] if uri.startswith("oss://") else ""
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/")
     # OSS bucket names: 3-63 lowercase letters, digits and hyphens, not starting or ending with a hyphen.
     valid = 3 <= len(bucket) <= 63 and bucket.replace("-", "").isalnum() and bucket == bucket.lower()
     if not valid or bucket.startswith("-") or bucket.endswith("-"):
-        raise ConfigError("model_store", uri, "oss://<bucket>/<prefix> with a valid OSS bucket name")
+        raise ConfigError(field, uri, "oss://<bucket>/<prefix> with a valid OSS bucket name")
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-        raise ConfigError("model_store", uri, "a prefix without empty, '.' or '..' segments")
+        raise ConfigError(field, uri, "a prefix without empty, '.' or '..' segments")
     return bucket, prefix
 
 
@@ -289,20 +289,29 @@ class OssBackend:
         full = self._key(key)
         self._checkpoints.mkdir(parents=True, exist_ok=True)
         store = oss2.ResumableStore(root=str(self._checkpoints), dir="upload")
-        # A multipart object only becomes visible on CompleteMultipartUpload: readers never see half a file.
-        self._call(
-            "upload",
-            full,
-            lambda: oss2.resumable_upload(
-                self._bucket,
-                full,
-                str(src),
-                store=store,
-                multipart_threshold=self.multipart_threshold,
-                part_size=self.part_size,
-                num_threads=4,
-            ),
-        )
+
+        def upload() -> None:
+            try:
+                # A multipart object only becomes visible on CompleteMultipartUpload: readers never see
+                # half a file. The checkpoint lets a retry upload only the missing parts.
+                oss2.resumable_upload(
+                    self._bucket,
+                    full,
+                    str(src),
+                    store=store,
+                    multipart_threshold=self.multipart_threshold,
+                    part_size=self.part_size,
+                    num_threads=4,
+                )
+            except oss2.exceptions.NoSuchUpload as exc:
+                # The checkpoint names an upload OSS no longer has (aborted, or expired by a lifecycle
+                # rule): forget it and start this file over.
+                store.delete(store.make_store_key(self.bucket_name, full, os.path.abspath(src)))
+                raise oss2.exceptions.RequestError(
+                    f"multipart upload of {full} vanished; starting over"
+                ) from exc
+
+        self._call("upload", full, upload)
 
     def get_file(self, key: str, dest: Path) -> None:
         import oss2

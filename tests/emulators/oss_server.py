@@ -43,7 +43,9 @@ import crcmod
 _crc64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
 # Query parameters that are part of the signed resource (a subset of oss2's list: those used here).
-_SUBRESOURCES = frozenset({"acl", "uploads", "uploadId", "partNumber", "objectMeta", "delete", "continuation-token"})
+_SUBRESOURCES = frozenset(
+    {"acl", "uploads", "uploadId", "partNumber", "objectMeta", "delete", "continuation-token"}
+)
 
 
 @dataclass
@@ -190,7 +192,10 @@ class OssEmulator:
             ).digest()
         ).decode()
         if not hmac.compare_digest(expected, signature):
-            return "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided."
+            return (
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            )
         return None
 
     def take_fault(self, method: str, key: str, query: dict[str, str]) -> Fault | None:
@@ -218,11 +223,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes: without NODELAY, Nagle + delayed ACK add ~40 ms each.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     # -- plumbing -------------------------------------------------------------------------------------
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -342,7 +352,11 @@ class _Handler(BaseHTTPRequestHandler):
                 f'<ETag>"{StoredObject(data, 0).etag}"</ETag><Size>{len(data)}</Size></Part>'
                 for n, data in sorted(upload.parts.items())
             )
-            xml = f"<ListPartsResult><IsTruncated>false</IsTruncated>{items}</ListPartsResult>"
+            xml = (
+                f"<ListPartsResult><Bucket>{bucket}</Bucket><Key>{escape(key)}</Key>"
+                f"<UploadId>{query['uploadId']}</UploadId><NextPartNumberMarker>0</NextPartNumberMarker>"
+                f"<IsTruncated>false</IsTruncated>{items}</ListPartsResult>"
+            )
             self._send(200, xml.encode(), {"Content-Type": "application/xml"})
         elif method == "DELETE" and "uploadId" in query:
             oss.operations["AbortMultipartUpload"] += 1
@@ -383,10 +397,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = src.data
         else:
             oss.operations["PutObject"] += 1
-        if "content-md5" in headers:
-            if base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode() != headers["content-md5"]:
-                self._error(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
-                return
+        if "content-md5" in headers and (
+            base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+            != headers["content-md5"]
+        ):
+            self._error(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+            return
         obj = StoredObject(body, time.time())
         with oss.lock:
             # Check and write under one lock: this is what makes forbid-overwrite a compare-and-swap.
@@ -399,8 +415,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(409, "FileAlreadyExists", "The object you specified already exists.", Key=key)
             return
         if source:
-            xml = f'<CopyObjectResult><ETag>"{obj.etag}"</ETag><LastModified>{_iso(obj.mtime)}</LastModified></CopyObjectResult>'
-            self._send(200, xml.encode(), {"Content-Type": "application/xml", "x-oss-hash-crc64ecma": obj.crc})
+            xml = (
+                f'<CopyObjectResult><ETag>"{obj.etag}"</ETag>'
+                f"<LastModified>{_iso(obj.mtime)}</LastModified></CopyObjectResult>"
+            )
+            self._send(
+                200, xml.encode(), {"Content-Type": "application/xml", "x-oss-hash-crc64ecma": obj.crc}
+            )
         else:
             self._send(200, b"", {"ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": obj.crc})
 
@@ -424,14 +445,20 @@ class _Handler(BaseHTTPRequestHandler):
             oss.uploads.pop(upload_id, None)
         xml = (
             "<CompleteMultipartUploadResult>"
-            f"<Bucket>{bucket}</Bucket><Key>{escape(key)}</Key><ETag>\"{obj.etag}\"</ETag>"
+            f'<Bucket>{bucket}</Bucket><Key>{escape(key)}</Key><ETag>"{obj.etag}"</ETag>'
             "</CompleteMultipartUploadResult>"
         )
-        self._send(200, xml.encode(), {"Content-Type": "application/xml", "ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": obj.crc})
+        self._send(
+            200,
+            xml.encode(),
+            {"Content-Type": "application/xml", "ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": obj.crc},
+        )
 
     def _get(self, obj: StoredObject, headers: dict[str, str]) -> None:
         if "if-match" in headers and headers["if-match"].strip('"') != obj.etag:
-            self._error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold.")
+            self._error(
+                412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold."
+            )
             return
         base = self._object_headers(obj)
         size = len(obj.data)
@@ -478,8 +505,8 @@ class _Handler(BaseHTTPRequestHandler):
         truncated = len(entries) == max_keys and bool(snapshot) and entries[-1][0] < snapshot[-1][0]
         next_marker = entries[-1][0] if truncated else ""
         items = []
-        for k, obj in entries:
-            if obj is None:
+        for k, entry in entries:
+            if entry is None:
                 items.append(f"<CommonPrefixes><Prefix>{enc(k)}</Prefix></CommonPrefixes>")
             else:
                 items.append(

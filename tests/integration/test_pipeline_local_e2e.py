@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,38 +37,19 @@ BASE_CONF: dict[str, Any] = {
 }
 
 
-def _postgres_database() -> tuple[str, Any]:
-    """A fresh database on the local PostgreSQL server, and a function that drops it."""
-    import uuid
-
-    import psycopg2
-
-    name = f"mlpipe_e2e_{uuid.uuid4().hex[:10]}"
-    admin_conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    admin_conn.autocommit = True
-    with admin_conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with admin_conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_conn.close()
-
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}", drop
-
-
 # Two Airflow set-ups run the same tests: the embedded one (SQLite, LocalExecutor) and the
 # production-like one (PostgreSQL metadata database, CeleryExecutor with two workers on Redis).
 @pytest.fixture(scope="module", params=["sqlite-local", "postgres-celery"])
 def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    fashion_mnist_dir: Path,
+    postgres_database: Callable[[], str],
 ) -> Iterator[AirflowStack]:
     home = tmp_path_factory.mktemp("airflow-home")
-    drop_database = None
     extra: dict[str, Any] = {}
     if request.param == "postgres-celery":
-        conn, drop_database = _postgres_database()
-        extra = {"sql_alchemy_conn": conn, "executor": "CeleryExecutor", "celery_workers": 2}
+        extra = {"sql_alchemy_conn": postgres_database(), "executor": "CeleryExecutor", "celery_workers": 2}
     airflow = AirflowStack(
         StackConfig(
             home=home,
@@ -88,8 +69,6 @@ def stack(
     finally:
         airflow.stop_local_runtime()
         airflow.stop()
-        if drop_database:
-            drop_database()
 
 
 @pytest.fixture(scope="module")

@@ -225,9 +225,13 @@ def test_checksum_stable_and_content_sensitive(tmp_path: Path) -> None:
     assert dataset_checksum(second) != checksum
 
 
-def test_oss_location_needs_backend() -> None:
-    with pytest.raises(DatasetError, match="OSS store backend"):
+def test_oss_location_without_credentials_names_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_REGION", "OSS_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(DatasetError) as info:
         load_fashion_mnist("oss://bucket/datasets/fashion-mnist")
+    assert "oss://bucket/datasets/fashion-mnist" in str(info.value)
+    assert "OSS_ACCESS_KEY_ID" in str(info.value)
 
 
 def test_unknown_scheme() -> None:

@@ -424,7 +424,15 @@ def test_record_event_and_events(three_versions: ModelStore) -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["", None, "oss://bucket/prefix", "s3://bucket/models", "file://otherhost/var/models", "http://x/y"],
+    [
+        "",
+        None,
+        "oss://Not_A_Bucket/prefix",
+        "oss://",
+        "s3://bucket/models",
+        "file://otherhost/var/models",
+        "http://x/y",
+    ],
 )
 def test_open_store_rejects_unusable_uris(uri: object) -> None:
     with pytest.raises(ConfigError) as info:
