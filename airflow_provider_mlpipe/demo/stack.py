@@ -8,6 +8,7 @@ provider's DAGs and plugins from the repository, and Airflow's REST API v2 with 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -61,6 +62,10 @@ class AirflowStack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
+    def celery_queue(self) -> str:
+        return "mlpipe-" + hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.config.port}"
 
@@ -99,6 +104,9 @@ class AirflowStack:
             },
         }
         if cfg.executor == "CeleryExecutor":
+            # Our own queue: other Airflows on the same broker (or stale messages of an earlier one) must not
+            # take our tasks, nor we theirs.
+            sections["operators"] = {"default_queue": self.celery_queue}
             sections["celery"] = {
                 "broker_url": cfg.broker_url,
                 "result_backend": "db+" + (cfg.sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}"),
@@ -151,8 +159,11 @@ class AirflowStack:
         if component.startswith("celery-worker-"):
             # Distinct hostnames: two workers on one machine must not collide in Celery's bookkeeping.
             args = ["celery", "worker", "--celery-hostname", f"{component}@%h", "--skip-serve-logs"]
+            args += ["--queues", self.celery_queue]
         else:
-            args = [component]
+            # "scheduler-2": a second instance of a component (Airflow runs several schedulers on PostgreSQL).
+            kind = component.rstrip("0123456789").removesuffix("-") if component[-1].isdigit() else component
+            args = [kind]
         proc = subprocess.Popen(
             [sys.executable, "-m", "airflow", *args],
             env=self.env,
@@ -266,9 +277,12 @@ class AirflowClient:
     def run_state(self, dag_id: str, run_id: str) -> str:
         return str(self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         body = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
-        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+        return list(body["task_instances"])
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         body = self.call(

@@ -122,9 +122,9 @@ class PipelineOutcomeOperator(BaseOperator):
         ti = context["ti"]
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         states: dict[str, Any] = ti.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
-        failed = sorted(
-            t for t, s in states.items() if s in ("failed", "upstream_failed") and t != self.task_id
-        )
+        # The steps that failed themselves; the ones they took down (upstream_failed) are consequences.
+        failed = sorted(t for t, s in states.items() if s == "failed" and t != self.task_id)
+        blocked = sorted(t for t, s in states.items() if s == "upstream_failed")
         training = ti.xcom_pull(task_ids=self.train_task_id) or {}
         decision = ti.xcom_pull(task_ids=self.gate_task_id, key="decision") or {}
         approval = ti.xcom_pull(task_ids=self.approval_task_id, key="decision") or {}
@@ -134,7 +134,11 @@ class PipelineOutcomeOperator(BaseOperator):
         if promoted:
             outcome, reason = "promoted", f"v{promoted['version']} is in production"
         elif failed:
-            outcome, reason = "failed", f"failed steps: {', '.join(failed)}"
+            outcome, reason = (
+                "failed",
+                f"failed steps: {', '.join(failed)}"
+                + (f" (not run because of them: {', '.join(blocked)})" if blocked else ""),
+            )
         elif decision and not decision.get("passed"):
             outcome, reason = "rejected_by_gate", str(decision.get("reason"))
         elif chosen == "Reject":
