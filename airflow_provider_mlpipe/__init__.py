@@ -46,6 +46,8 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_mlpipe.triggers.local_process",
                     "airflow_provider_mlpipe.triggers.serving",
+                    "airflow_provider_mlpipe.triggers.kubernetes_job",
+                    "airflow_provider_mlpipe.triggers.kubernetes_serving",
                 ],
             }
         ],

@@ -327,7 +327,10 @@ def serving_pod_template(
                         {"name": "HOME", "value": "/tmp"},
                         *oss_env(oss_secret, required=uses_oss(model_store)),
                     ],
-                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "256Mi"},
+                        "limits": {"memory": "1Gi"},
+                    },
                     "securityContext": container_security_context(),
                     "volumeMounts": mounts,
                 }

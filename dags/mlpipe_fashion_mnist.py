@@ -40,7 +40,11 @@ PARAMS = ParamsDict(
             "", type="string", pattern=r"^(|sha256:[0-9a-f]{64})$", description="Image digest (sha256:...)"
         ),
         "tag": Param("", type="string", description="Pushed tag, for display only"),
-        "runtime": Param("local", enum=["local"], description="Where training and serving run"),
+        "runtime": Param(
+            "local",
+            enum=["local", "kubernetes"],
+            description="Where training and serving run: this machine, or Jobs/Deployments on Kubernetes",
+        ),
         "model_name": Param("fashion_mnist", type="string", pattern=r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"),
         "model_store": Param("", type="string", description="Model store URI; empty: [mlpipe] model_store"),
         "dataset": Param(
@@ -78,6 +82,21 @@ PARAMS = ParamsDict(
                 "test_limit": {"type": "integer", "minimum": 0},
             },
             description="Trainer hyperparameters; empty: the trainer's defaults",
+        ),
+        "kubernetes": Param(
+            {},
+            type="object",
+            additionalProperties=False,
+            properties={
+                "gpus": {"type": "integer", "minimum": 0, "maximum": 16},
+                "cpu": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?m?$"},
+                "memory": {"type": "string", "pattern": r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$"},
+                "node_selector": {"type": "object", "additionalProperties": {"type": "string"}},
+                "tolerations": {"type": "array", "items": {"type": "object"}},
+                "replicas": {"type": "integer", "minimum": 1, "maximum": 50},
+            },
+            description="runtime=kubernetes: training pod gpus/cpu/memory/node_selector/tolerations, "
+            "serving replicas; empty: 0 GPUs, 2 CPUs, 4Gi, anywhere, 1 replica",
         ),
     }
 )
@@ -119,6 +138,11 @@ with DAG(
         model_store=STORE,
         dataset=DATASET,
         hyperparameters="{{ params.hyperparameters }}",  # type: ignore[arg-type]
+        gpus="{{ params.kubernetes.gpus | default(0) }}",
+        cpu="{{ params.kubernetes.cpu | default('2') }}",
+        memory="{{ params.kubernetes.memory | default('4Gi') }}",
+        node_selector="{{ params.kubernetes.node_selector | default({}) }}",  # type: ignore[arg-type]
+        tolerations="{{ params.kubernetes.tolerations | default([]) }}",  # type: ignore[arg-type]
     )
     deploy_staging = ServingDeployOperator(
         task_id="deploy_staging",
@@ -169,6 +193,7 @@ with DAG(
         version=XComArg(train, key="version"),
         runtime=RUNTIME,
         model_store=STORE,
+        replicas="{{ params.kubernetes.replicas | default(1) }}",
     )
     verify_production = AccuracySensor(
         task_id="verify_production",
@@ -190,6 +215,7 @@ with DAG(
         skip_unless_ran="deploy_production",
         runtime=RUNTIME,
         model_store=STORE,
+        replicas="{{ params.kubernetes.replicas | default(1) }}",
         trigger_rule="one_failed",
     )
     promote_model = ModelPromoteOperator(

@@ -48,7 +48,9 @@ def _api_name(kind: str) -> tuple[str, str]:
     try:
         return _KINDS[kind]
     except KeyError:
-        raise KubernetesRuntimeError(f"unsupported kind {kind!r}: expected one of {', '.join(_KINDS)}") from None
+        raise KubernetesRuntimeError(
+            f"unsupported kind {kind!r}: expected one of {', '.join(_KINDS)}"
+        ) from None
 
 
 def _patch_content_type(patch: list[Any] | dict[str, Any]) -> str:
@@ -79,7 +81,11 @@ class KubernetesResourceHook(BaseHook):
 
     @cached_property
     def namespace(self) -> str:
-        return self._namespace or config.kubernetes_namespace() or self.kube.get_namespace or DEFAULT_NAMESPACE
+        # The provider declares get_namespace as a cached property (a method in its protocol).
+        from_connection = getattr(self.kube, "get_namespace", None)
+        if not isinstance(from_connection, str):
+            from_connection = None
+        return self._namespace or config.kubernetes_namespace() or from_connection or DEFAULT_NAMESPACE
 
     def _api(self, kind: str) -> tuple[Any, str]:
         from kubernetes import client
@@ -107,7 +113,9 @@ class KubernetesResourceHook(BaseHook):
 
         api, suffix = self._api(kind)
         try:
-            return self._json(self._call(f"GET {kind} {name}", getattr(api, f"read_{suffix}"), name, self.namespace))
+            return self._json(
+                self._call(f"GET {kind} {name}", getattr(api, f"read_{suffix}"), name, self.namespace)
+            )
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -136,7 +144,9 @@ class KubernetesResourceHook(BaseHook):
                 raise
             adopted = self.get(kind, name)
             if adopted is None:
-                raise KubernetesRuntimeError(f"{kind} {name} conflicted on create but cannot be read") from None
+                raise KubernetesRuntimeError(
+                    f"{kind} {name} conflicted on create but cannot be read"
+                ) from None
             self.log.info("%s %s/%s was created concurrently: adopting it", kind, self.namespace, name)
             return adopted, False
         self.log.info("Created %s %s/%s", kind, self.namespace, name)
@@ -179,13 +189,17 @@ class KubernetesResourceHook(BaseHook):
         deadline = time.monotonic() + timeout
         while self.get(kind, name) is not None:
             if time.monotonic() >= deadline:
-                raise KubernetesRuntimeError(f"{kind} {self.namespace}/{name} still exists {timeout:.0f} s after delete")
+                raise KubernetesRuntimeError(
+                    f"{kind} {self.namespace}/{name} still exists {timeout:.0f} s after delete"
+                )
             time.sleep(interval)
 
     def list_pods(self, selector: str) -> list[dict[str, Any]]:
-        api, suffix = self._api("Pod")
+        api, _ = self._api("Pod")
         body = self._json(
-            self._call(f"list pods {selector}", api.list_namespaced_pod, self.namespace, label_selector=selector)
+            self._call(
+                f"list pods {selector}", api.list_namespaced_pod, self.namespace, label_selector=selector
+            )
         )
         return list(body.get("items") or [])
 
@@ -199,7 +213,9 @@ class KubernetesResourceHook(BaseHook):
         if tail_lines:
             kwargs["tail_lines"] = tail_lines
         try:
-            resp = self._call(f"log of pod {name}", api.read_namespaced_pod_log, name, self.namespace, **kwargs)
+            resp = self._call(
+                f"log of pod {name}", api.read_namespaced_pod_log, name, self.namespace, **kwargs
+            )
         except ApiException:
             return []
         return bytes(resp.data or b"").decode(errors="replace").splitlines()
@@ -229,23 +245,31 @@ class AsyncKubernetesResourceHook(BaseHook):
         async with self.kube.get_conn() as api_client:
             yield getattr(client, api_name)(api_client), suffix
 
-    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any | None:
+        """The raw response, or None on 404. kubernetes_asyncio raises on errors only when it decodes the
+        body; with `_preload_content=False` the status is ours to check."""
         from kubernetes_asyncio.client.exceptions import ApiException
 
         try:
-            return await fn(*args, _preload_content=False, **kwargs)
+            resp = await fn(*args, _preload_content=False, **kwargs)
         except ApiException as err:
             if err.status == 404:
-                raise
+                return None
             raise KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}") from None
+        if resp.status == 404:
+            resp.release()
+            return None
+        if resp.status >= 400:
+            body = await resp.text()
+            raise KubernetesRuntimeError(f"{what} failed: HTTP {resp.status} {_body_reason(body)}")
+        return resp
 
     async def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         async with self._api(kind) as (api, suffix):
-            try:
-                resp = await self._call(f"GET {kind} {name}", getattr(api, f"read_{suffix}"), name, self.namespace)
-            except ApiException:
+            resp = await self._call(
+                f"GET {kind} {name}", getattr(api, f"read_{suffix}"), name, self.namespace
+            )
+            if resp is None:
                 return None
             data: dict[str, Any] = json.loads(await resp.read() or b"{}")
             return data
@@ -255,38 +279,46 @@ class AsyncKubernetesResourceHook(BaseHook):
             resp = await self._call(
                 f"list pods {selector}", api.list_namespaced_pod, self.namespace, label_selector=selector
             )
+            if resp is None:
+                return []
             return list(json.loads(await resp.read() or b"{}").get("items") or [])
 
     async def pod_log(self, name: str, *, tail_lines: int | None = None) -> list[str]:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         kwargs: dict[str, Any] = {"tail_lines": tail_lines} if tail_lines else {}
         async with self._api("Pod") as (api, _):
             try:
                 resp = await self._call(
                     f"log of pod {name}", api.read_namespaced_pod_log, name, self.namespace, **kwargs
                 )
-            except (ApiException, KubernetesRuntimeError):
+            except KubernetesRuntimeError:
                 # A pod still pulling its image has no log yet (400): not worth failing the wait.
+                return []
+            if resp is None:
                 return []
             return bytes(await resp.read()).decode(errors="replace").splitlines()
 
     async def delete(self, kind: str, name: str, *, propagation: str = "Foreground") -> bool:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         async with self._api(kind) as (api, suffix):
-            try:
-                await self._call(
-                    f"delete {kind} {name}",
-                    getattr(api, f"delete_{suffix}"),
-                    name,
-                    self.namespace,
-                    body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
-                )
-            except ApiException:
+            resp = await self._call(
+                f"delete {kind} {name}",
+                getattr(api, f"delete_{suffix}"),
+                name,
+                self.namespace,
+                body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
+            )
+            if resp is None:
                 return False
+            resp.release()
         self.log.info("Deleted %s %s/%s (propagation %s)", kind, self.namespace, name, propagation)
         return True
+
+
+def _body_reason(body: str) -> str:
+    try:
+        data = json.loads(body or "{}")
+    except ValueError:
+        return body[:200]
+    return f"{data.get('reason', '')}: {data.get('message', '')}".strip(": ")
 
 
 def _api_reason(err: Any) -> str:
@@ -329,7 +361,9 @@ def pod_problems(pods: Iterable[dict[str, Any]]) -> list[str]:
         status = pod.get("status") or {}
         if status.get("reason"):  # e.g. Evicted, DeadlineExceeded
             problems.append(f"{name}: {status['reason']}: {status.get('message', '')}".rstrip(": "))
-        statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+        statuses = list(status.get("initContainerStatuses") or []) + list(
+            status.get("containerStatuses") or []
+        )
         for cs in statuses:
             state = cs.get("state") or {}
             last = (cs.get("lastState") or {}).get("terminated")

@@ -2,6 +2,10 @@
 
 Endpoints are `staging` (one per pipeline run, so parked runs never share one) and `production` (one per
 model). Runtime `local` runs the serving image's server (TF Serving's REST API) as a supervised process.
+Runtime `kubernetes` runs a Deployment (init container fetching the version from the store into an
+emptyDir, then `tensorflow/serving`) behind a Service: ClusterIP for staging, LoadBalancer for production.
+Deploying a new version to an existing endpoint patches its Deployment and waits for the rollout; a
+failed rollout is patched back to the previous pod template and the task fails naming the reason.
 """
 
 from __future__ import annotations
@@ -18,16 +22,22 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_provider_mlpipe import config
+from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
+from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
 from airflow_provider_mlpipe.hooks.local_process import RUNNING, LocalProcessHook
 from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
 from airflow_provider_mlpipe.modelstore.store import check_model_name
 from airflow_provider_mlpipe.runs import push_keys, run_key
+from airflow_provider_mlpipe.triggers.kubernetes_serving import KubernetesServingTrigger
 from airflow_provider_mlpipe.triggers.serving import ServingReadyTrigger
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from airflow.sdk import Context, XComArg
+
+    from airflow_provider_mlpipe.modelstore.store import ModelStore
 
 SERVER_MODULE = "airflow_provider_mlpipe.images.serving.server"
 
@@ -59,7 +69,13 @@ class ServingDeployOperator(BaseOperator):
     :param skip_unless_ran: task id; skip unless that task ran in this run (a rollback has nothing to
         undo when the deployment it guards never started).
     :param port: fixed port; default `[mlpipe] production_port` for production, a free port for staging.
-    :param ready_timeout: how long to wait for the model to become AVAILABLE.
+    :param ready_timeout: how long to wait for the model to become AVAILABLE (Kubernetes: for the
+        rollout, and as long again for a LoadBalancer's external address).
+    :param replicas: / :param cpu: / :param memory: Kubernetes: serving pods and their requests.
+    :param service_type: Kubernetes: default `[mlpipe] kubernetes_<endpoint>_service_type`
+        (ClusterIP for staging, LoadBalancer for production).
+    :param service_annotations: Kubernetes: e.g. the cloud's load balancer settings.
+    :param kubernetes_conn_id: / :param namespace: as for KubeTrainJobOperator.
     """
 
     template_fields: Sequence[str] = (
@@ -69,6 +85,8 @@ class ServingDeployOperator(BaseOperator):
         "version",
         "runtime",
         "model_store",
+        "replicas",
+        "service_annotations",
     )
     ui_color = "#d5f5e3"
 
@@ -86,6 +104,13 @@ class ServingDeployOperator(BaseOperator):
         port: int | None = None,
         ready_timeout: timedelta = timedelta(minutes=10),
         poll_interval: float = 1.0,
+        replicas: int | str = 1,
+        cpu: str = "500m",
+        memory: str = "1Gi",
+        service_type: str | None = None,
+        service_annotations: dict[str, str] | None = None,
+        kubernetes_conn_id: str | None = None,
+        namespace: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -100,6 +125,13 @@ class ServingDeployOperator(BaseOperator):
         self.port = port
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
+        self.replicas = replicas
+        self.cpu = cpu
+        self.memory = memory
+        self.service_type = service_type
+        self.service_annotations = service_annotations or {}
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.namespace = namespace
         if version is None and from_alias is None:
             raise ConfigError("version", version, "a model version, or from_alias to resolve one")
 
@@ -110,6 +142,10 @@ class ServingDeployOperator(BaseOperator):
     @cached_property
     def process_hook(self) -> LocalProcessHook:
         return LocalProcessHook()
+
+    @cached_property
+    def kube_hook(self) -> KubernetesResourceHook:
+        return KubernetesResourceHook(self.kubernetes_conn_id, self.namespace)
 
     def _resolve_version(self) -> int | None:
         if self.version not in (None, ""):
@@ -136,6 +172,8 @@ class ServingDeployOperator(BaseOperator):
         check_model_name(self.model_name)
         name = endpoint_name(self.endpoint, self.model_name, context)
         version = self._resolve_version()
+        if self.runtime == "kubernetes":
+            return self._execute_kubernetes(context, manifests.serving_name(name), version)
         spec = self.process_hook.read_spec(name).get("metadata", {})
         running = self.process_hook.status(name).state == RUNNING
         previous = spec.get("version") if running else None
@@ -168,7 +206,8 @@ class ServingDeployOperator(BaseOperator):
                 "-m",
                 SERVER_MODULE,
                 f"--model_name={self.model_name}",
-                f"--model_base_path={store.model_base_dir(self.model_name)}",
+                # file:// serves from the store itself; oss:// from a verified local copy of the version.
+                f"--model_base_path={self._local_model_base(store, version)}",
                 f"--model_version={version}",
                 f"--rest_api_port={port}",
                 f"--host={host}",
@@ -188,6 +227,9 @@ class ServingDeployOperator(BaseOperator):
             kwargs={"name": name, "version": version, "previous": previous},
             timeout=self.ready_timeout + timedelta(minutes=2),
         )
+
+    def _local_model_base(self, store: ModelStore, version: int) -> Path:
+        return store.local_model_base(self.model_name, version, self.process_hook.state_dir / "model-cache")
 
     def execute_complete(
         self, context: Context, event: dict[str, Any], name: str, version: int, previous: int | None
@@ -211,6 +253,162 @@ class ServingDeployOperator(BaseOperator):
         }
         return push_keys(context, result, ("url", "version"))
 
+    # --- kubernetes runtime -------------------------------------------------------------------------
+
+    def _replicas(self) -> int:
+        try:
+            replicas = int(self.replicas)
+        except (TypeError, ValueError):
+            raise ConfigError("replicas", self.replicas, "an integer >= 1") from None
+        if replicas < 1:
+            raise ConfigError("replicas", self.replicas, "an integer >= 1")
+        return replicas
+
+    def _execute_kubernetes(self, context: Context, name: str, version: int | None) -> dict[str, Any]:
+        hook = self.kube_hook
+        deployment = hook.get("Deployment", name)
+        annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+        serving = _int_or_none(annotations.get(manifests.A_VERSION))
+        if version is None:
+            if not self.teardown_if_unresolved:
+                raise ServingError(f"{self.model_name} has no {self.from_alias} alias: nothing to deploy")
+            self.log.info(
+                "No %s version of %s: deleting %s/%s", self.from_alias, self.model_name, hook.namespace, name
+            )
+            hook.delete("Deployment", name)
+            hook.delete("Service", name)
+            result = {"endpoint": self.endpoint, "url": None, "version": None, "previous_version": serving}
+            return push_keys(context, result, ("url", "version"))
+
+        store = self.store_hook.store
+        if not store.is_published(self.model_name, version):
+            raise ServingError(f"cannot serve {self.model_name} v{version}: not published in {store.uri}")
+        key = run_key(context)
+        dag_id = context["dag"].dag_id
+        template = manifests.serving_pod_template(
+            name=name,
+            model_name=self.model_name,
+            version=version,
+            model_store=store.uri,
+            serving_image=config.kubernetes_serving_image(),
+            fetch_image=config.kubernetes_fetch_image(),
+            oss_secret=config.kubernetes_oss_secret(),
+            cpu=str(self.cpu),
+            memory=str(self.memory),
+            service_account=config.kubernetes_service_account(),
+        )
+        desired = manifests.serving_deployment(
+            name=name,
+            namespace=hook.namespace,
+            endpoint=self.endpoint,
+            model_name=self.model_name,
+            version=version,
+            run_key=key,
+            dag_id=dag_id,
+            template=template,
+            replicas=self._replicas(),
+            progress_deadline_seconds=int(self.ready_timeout.total_seconds()),
+        )
+        if deployment is None:
+            deployment, _ = hook.create_or_adopt(desired)
+            previous = None
+        elif serving == version:
+            # A retried task, or this version is already live: wait on what is there.
+            self.log.info(
+                "%s/%s already runs %s v%s: adopting it", hook.namespace, name, self.model_name, version
+            )
+            previous = _int_or_none(annotations.get(manifests.A_PREVIOUS_VERSION))
+        else:
+            self.log.info("%s/%s runs v%s: rolling out v%s", hook.namespace, name, serving, version)
+            deployment = hook.patch("Deployment", name, manifests.rollout_patch(deployment, desired))
+            previous = serving
+        service, _ = hook.create_or_adopt(
+            manifests.serving_service(
+                name=name,
+                namespace=hook.namespace,
+                service_type=self.service_type or config.kubernetes_service_type(self.endpoint),
+                model_name=self.model_name,
+                run_key=key,
+                dag_id=dag_id,
+                annotations=self.service_annotations,
+            )
+        )
+        wait_for_address = (service.get("spec") or {}).get("type") == "LoadBalancer"
+        # A minute past the Deployment's own progress deadline, so the controller's verdict (and its
+        # reason) normally arrives first.
+        timeout = self.ready_timeout * (2 if wait_for_address else 1) + timedelta(minutes=1)
+        self.defer(
+            trigger=KubernetesServingTrigger(
+                deployment=name,
+                service=name,
+                namespace=hook.namespace,
+                conn_id=self.kubernetes_conn_id or config.kubernetes_conn_id(),
+                generation=int((deployment.get("metadata") or {}).get("generation") or 0),
+                pod_selector={**manifests.serving_selector(name), manifests.L_VERSION: str(version)},
+                wait_for_address=wait_for_address,
+                timeout_at=time.time() + timeout.total_seconds(),
+                poll_interval=self.poll_interval,
+            ),
+            method_name="execute_complete_kubernetes",
+            kwargs={"name": name, "namespace": hook.namespace, "version": version, "previous": previous},
+            timeout=timeout + timedelta(minutes=2),
+        )
+
+    def _endpoint_url(self, name: str, namespace: str, address: str | None) -> str:
+        host = address or f"{name}.{namespace}.svc.cluster.local"
+        template = config.kubernetes_url_template()
+        if template:
+            return template.format(service=name, namespace=namespace, host=host, port=manifests.REST_PORT)
+        return f"http://{host}:{manifests.REST_PORT}"
+
+    def execute_complete_kubernetes(
+        self,
+        context: Context,
+        event: dict[str, Any],
+        name: str,
+        namespace: str,
+        version: int,
+        previous: int | None,
+    ) -> dict[str, Any]:
+        status = event.get("status")
+        if status == "available":
+            url = self._endpoint_url(name, namespace, event.get("address"))
+            self.log.info("%s serves %s v%s at %s", self.endpoint, self.model_name, version, url)
+            result = {
+                "endpoint": self.endpoint,
+                "name": name,
+                "namespace": namespace,
+                "url": url,
+                "model_name": self.model_name,
+                "version": version,
+                "previous_version": previous,
+            }
+            return push_keys(context, result, ("url", "version"))
+        problems = "; ".join(event.get("pod_problems") or [])
+        reason = f"{event.get('message')}" + (f"; pods: {problems}" if problems else "")
+        where = f"{self.endpoint} endpoint {namespace}/{name}"
+        if status == "timeout" and event.get("stage") == "address":
+            # The new version did roll out; only the load balancer is missing. The DAG's rollback task
+            # restores the production version.
+            raise ServingError(f"{where} serves v{version} but got no external address: {reason}")
+        hook = self.kube_hook
+        deployment = hook.get("Deployment", name)
+        patch = manifests.rollback_patch(deployment) if deployment else None
+        if patch is None:
+            raise ServingError(f"{where} did not become ready with {self.model_name} v{version}: {reason}")
+        hook.patch("Deployment", name, patch)
+        self.log.warning("%s: rollout of v%s failed; rolled back to v%s", where, version, previous)
+        raise ServingError(
+            f"{where}: rollout of {self.model_name} v{version} failed ({reason}); rolled back to v{previous}"
+        )
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return None
+
 
 class ServingTeardownOperator(BaseOperator):
     """Stop an endpoint and remove what the runtime created for it. Idempotent."""
@@ -219,12 +417,25 @@ class ServingTeardownOperator(BaseOperator):
     ui_color = "#fadbd8"
 
     def __init__(
-        self, *, endpoint: str, model_name: str = "fashion_mnist", runtime: str = "local", **kwargs: Any
+        self,
+        *,
+        endpoint: str,
+        model_name: str = "fashion_mnist",
+        runtime: str = "local",
+        kubernetes_conn_id: str | None = None,
+        namespace: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.endpoint = endpoint
         self.model_name = model_name
         self.runtime = runtime
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.namespace = namespace
+
+    @cached_property
+    def kube_hook(self) -> KubernetesResourceHook:
+        return KubernetesResourceHook(self.kubernetes_conn_id, self.namespace)
 
     @cached_property
     def process_hook(self) -> LocalProcessHook:
@@ -233,6 +444,11 @@ class ServingTeardownOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         config.check_runtime(self.runtime)
         name = endpoint_name(self.endpoint, self.model_name, context)
+        if self.runtime == "kubernetes":
+            kname = manifests.serving_name(name)
+            deleted = [kind for kind in ("Deployment", "Service") if self.kube_hook.delete(kind, kname)]
+            self.log.info("Endpoint %s/%s torn down (deleted: %s)", self.kube_hook.namespace, kname, deleted)
+            return {"endpoint": self.endpoint, "name": kname, "was": "deleted" if deleted else "absent"}
         status = self.process_hook.stop(name)
         if status.state == RUNNING:
             raise ServingError(f"endpoint {name} is still running after the stop request")

@@ -4,6 +4,9 @@ Runtime `local` runs the image's entrypoint (`airflow_provider_mlpipe.images.tra
 supervised process on this machine; the `kubernetes` runtime runs the same entrypoint as a batch/v1 Job.
 Either way the operator reserves the run's model version, starts or adopts the training, and waits
 deferred: no worker slot is held while training runs.
+
+On Kubernetes the Job's name is deterministic per run and version (`train-<model>-v<version>-<hash>`):
+a retried or restarted task finds the Job it created and waits for it instead of starting a second one.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_mlpipe import config
+from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, TrainingError
+from airflow_provider_mlpipe.hooks.kubernetes import FAILED as JOB_FAILED
+from airflow_provider_mlpipe.hooks.kubernetes import SUCCEEDED as JOB_SUCCEEDED
+from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook, job_state
 from airflow_provider_mlpipe.hooks.local_process import SUCCEEDED, LocalProcessHook
 from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
 from airflow_provider_mlpipe.modelstore.store import check_model_name
 from airflow_provider_mlpipe.runs import push_keys, run_key
+from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
 from airflow_provider_mlpipe.triggers.local_process import LocalProcessTrigger
 from airflow_provider_mlpipe.validation import check_digest, check_hyperparameters, check_image
 
@@ -38,13 +45,20 @@ class KubeTrainJobOperator(BaseOperator):
     :param image: the pushed training image (reference, shown in the manifest; on Kubernetes: run).
     :param digest: its `sha256:` digest (the Kubernetes runtime pins the image by it).
     :param model_name: model name in the store (lowercase, digits, `-`, `_`).
-    :param runtime: `local` (default).
+    :param runtime: `local` (default) or `kubernetes`.
     :param model_store: store URI; default `[mlpipe] model_store`.
     :param dataset: dataset location (directory with the four Fashion-MNIST files, `file://`, `oss://`);
         empty: the trainer's default (`MLPIPE_DATASET_DIR`, the shared copy, else Keras' download).
     :param hyperparameters: epochs, batch_size, learning_rate, seed, threads, train_limit, test_limit.
     :param training_timeout: longest the training may run before it is stopped and the task fails.
     :param poll_interval: seconds between status checks while deferred.
+    :param gpus: Kubernetes: `nvidia.com/gpu` limit of the training pod (0: none).
+    :param cpu: / :param memory: Kubernetes: the training pod's requests (memory also its limit).
+    :param node_selector: / :param tolerations: Kubernetes: where the training pod may run.
+    :param backoff_limit: Kubernetes: pod retries inside the Job before it is failed.
+    :param ttl_seconds_after_finished: Kubernetes: how long a finished Job is kept for inspection.
+    :param kubernetes_conn_id: / :param namespace: Kubernetes: default `[mlpipe] kubernetes_conn_id`,
+        `[mlpipe] kubernetes_namespace` (else the connection's namespace, else `mlpipe`).
     """
 
     template_fields: Sequence[str] = (
@@ -56,6 +70,11 @@ class KubeTrainJobOperator(BaseOperator):
         "model_store",
         "dataset",
         "hyperparameters",
+        "gpus",
+        "cpu",
+        "memory",
+        "node_selector",
+        "tolerations",
     )
     ui_color = "#d6eaf8"
 
@@ -71,6 +90,15 @@ class KubeTrainJobOperator(BaseOperator):
         hyperparameters: dict[str, Any] | None = None,
         training_timeout: timedelta = timedelta(hours=6),
         poll_interval: float = 5.0,
+        gpus: int | str = 0,
+        cpu: str = "2",
+        memory: str = "4Gi",
+        node_selector: dict[str, str] | None = None,
+        tolerations: list[dict[str, Any]] | None = None,
+        backoff_limit: int = 1,
+        ttl_seconds_after_finished: int = 24 * 3600,
+        kubernetes_conn_id: str | None = None,
+        namespace: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +113,17 @@ class KubeTrainJobOperator(BaseOperator):
             raise ConfigError("training_timeout", training_timeout, "a positive duration")
         self.training_timeout = training_timeout
         self.poll_interval = poll_interval
+        self.gpus = gpus
+        self.cpu = cpu
+        self.memory = memory
+        self.node_selector = node_selector or {}
+        self.tolerations = tolerations or []
+        if backoff_limit < 0:
+            raise ConfigError("backoff_limit", backoff_limit, "an integer >= 0")
+        self.backoff_limit = backoff_limit
+        self.ttl_seconds_after_finished = ttl_seconds_after_finished
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.namespace = namespace
 
     @cached_property
     def store_hook(self) -> ModelStoreHook:
@@ -93,6 +132,10 @@ class KubeTrainJobOperator(BaseOperator):
     @cached_property
     def process_hook(self) -> LocalProcessHook:
         return LocalProcessHook()
+
+    @cached_property
+    def kube_hook(self) -> KubernetesResourceHook:
+        return KubernetesResourceHook(self.kubernetes_conn_id, self.namespace)
 
     def _process_name(self, version: int) -> str:
         return f"train-{self.model_name.replace('_', '-')}-v{version}"
@@ -121,6 +164,10 @@ class KubeTrainJobOperator(BaseOperator):
         check_digest(self.digest)
         check_model_name(self.model_name)
         check_hyperparameters(self.hyperparameters)
+        if self.runtime == "kubernetes":
+            # Refuse an unpinned image or a bad GPU count before a version is reserved.
+            manifests.pinned_image(self.image, self.digest)
+            self._gpus()
         key = run_key(context)
         store = self.store_hook.store
         version = store.reserve_version(self.model_name, key)
@@ -129,12 +176,17 @@ class KubeTrainJobOperator(BaseOperator):
             self.log.info("Version %s is already published by an earlier attempt: adopting it", version)
             return self._result(context, version)
 
+        if self.runtime == "kubernetes":
+            return self._execute_kubernetes(context, version, key)
+
         name = self._process_name(version)
         self._started_process = name
         status, adopted = self.process_hook.start(
             name,
             self._trainer_argv(version, key),
             metadata={"run": key, "model_name": self.model_name, "version": version, "image": self.image},
+            # Store credentials (oss://) travel as the process environment only, never argv or state files.
+            env=self.store_hook.child_env(),
         )
         if adopted and status.state == SUCCEEDED:
             return self._finish(context, version, self.process_hook.process_dir(name).as_posix())
@@ -164,6 +216,95 @@ class KubeTrainJobOperator(BaseOperator):
                 f"training of {self.model_name} v{version} failed: {event.get('message')}; last output:\n{tail}"
             )
         return self._finish(context, version, event.get("process_dir", ""))
+
+    def _gpus(self) -> int:
+        try:
+            gpus = int(self.gpus)
+        except (TypeError, ValueError):
+            raise ConfigError("gpus", self.gpus, "a whole number of GPUs >= 0") from None
+        if gpus < 0:
+            raise ConfigError("gpus", self.gpus, "a whole number of GPUs >= 0")
+        return gpus
+
+    def _job_manifest(self, context: Context, version: int, key: str, name: str) -> dict[str, Any]:
+        return manifests.train_job(
+            name=name,
+            namespace=self.kube_hook.namespace,
+            image=self.image,
+            digest=self.digest,
+            model_name=self.model_name,
+            version=version,
+            model_store=self.store_hook.store.uri,
+            dataset=self.dataset,
+            hyperparameters=check_hyperparameters(self.hyperparameters),
+            run_key=key,
+            dag_id=context["dag"].dag_id,
+            oss_secret=config.kubernetes_oss_secret(),
+            cpu=str(self.cpu),
+            memory=str(self.memory),
+            gpus=self._gpus(),
+            node_selector=self.node_selector,
+            tolerations=self.tolerations,
+            backoff_limit=self.backoff_limit,
+            active_deadline_seconds=int(self.training_timeout.total_seconds()),
+            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
+            service_account=config.kubernetes_service_account(),
+        )
+
+    def _execute_kubernetes(self, context: Context, version: int, key: str) -> dict[str, Any]:
+        hook = self.kube_hook
+        name = manifests.train_job_name(self.model_name, version, key)
+        # Built (and so validated: digest pinning, GPUs) before anything is written to the cluster.
+        body = self._job_manifest(context, version, key, name)
+        existing = hook.get("Job", name)
+        if existing is not None and job_state(existing)[0] == JOB_FAILED:
+            # A retry after the Job failed: start over with a fresh Job of the same name.
+            self.log.info("Job %s/%s failed in an earlier attempt: replacing it", hook.namespace, name)
+            hook.delete("Job", name, propagation="Foreground")
+            hook.wait_deleted("Job", name)
+        self._started_job = name
+        job, created = hook.create_or_adopt(body)
+        self.log.info(
+            "%s Job %s/%s: image %s",
+            "Created" if created else "Adopted",
+            hook.namespace,
+            name,
+            body["spec"]["template"]["spec"]["containers"][0]["image"],
+        )
+        if job_state(job)[0] == JOB_SUCCEEDED:
+            return self._finish(context, version, f"job {hook.namespace}/{name}")
+        self.defer(
+            trigger=KubernetesJobTrigger(
+                job_name=name,
+                namespace=hook.namespace,
+                conn_id=self.kubernetes_conn_id or config.kubernetes_conn_id(),
+                # activeDeadlineSeconds ends the Job first; this catches a Job stuck without a verdict.
+                timeout_at=time.time() + self.training_timeout.total_seconds() + 600,
+                poll_interval=self.poll_interval,
+            ),
+            method_name="execute_complete_kubernetes",
+            kwargs={"version": version, "job_name": name, "namespace": hook.namespace},
+            timeout=self.training_timeout + timedelta(minutes=15),
+        )
+
+    def execute_complete_kubernetes(
+        self, context: Context, event: dict[str, Any], version: int, job_name: str, namespace: str
+    ) -> dict[str, Any]:
+        status = event.get("status")
+        if status == "success":
+            return self._finish(context, version, f"job {namespace}/{job_name}")
+        where = f"Job {namespace}/{job_name} training {self.model_name} v{version}"
+        problems = "; ".join(event.get("pod_problems") or []) or "no pod reported a reason"
+        tail = "\n".join(event.get("tail") or [])
+        if status == "timeout":
+            self.kube_hook.delete("Job", job_name, propagation="Foreground")
+            raise TrainingError(
+                f"{where} did not finish in time and was deleted: {event.get('message')}; pods: {problems}; "
+                f"last log lines:\n{tail}"
+            )
+        raise TrainingError(
+            f"{where} failed: {event.get('message')}; pods: {problems}; last log lines:\n{tail}"
+        )
 
     def _finish(self, context: Context, version: int, process_dir: str) -> dict[str, Any]:
         if not self.store_hook.store.is_published(self.model_name, version):
@@ -200,3 +341,6 @@ class KubeTrainJobOperator(BaseOperator):
         name = getattr(self, "_started_process", None)
         if name:
             self.process_hook.stop(name)
+        job = getattr(self, "_started_job", None)
+        if job:
+            self.kube_hook.delete("Job", job, propagation="Foreground")

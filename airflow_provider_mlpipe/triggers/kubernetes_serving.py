@@ -118,17 +118,17 @@ class KubernetesServingTrigger(BaseTrigger):
                 self.log.warning("%s: %s", self.deployment, last)
             if time.time() >= self.timeout_at:
                 stage = "address" if rolled_out else "rollout"
-                pods: list[dict[str, Any]] = []
+                seen: list[dict[str, Any]] = []
                 if not rolled_out:
                     try:
-                        pods = await hook.list_pods(selector_string(self.pod_selector))
+                        seen = await hook.list_pods(selector_string(self.pod_selector))
                     except KubernetesRuntimeError:
-                        pods = []
+                        seen = []
                 yield self._event(
                     "timeout",
                     f"{stage} not done by {time.ctime(self.timeout_at)}: {last}",
                     stage=stage,
-                    pod_problems=pod_problems(pods),
+                    pod_problems=pod_problems(seen),
                 )
                 return
             await asyncio.sleep(self.poll_interval)

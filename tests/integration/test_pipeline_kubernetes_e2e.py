@@ -1,0 +1,441 @@
+"""The DAG's tasks, run once with runtime=kubernetes against an emulated Kubernetes API.
+
+What is real: the DAG file's own task objects with their templates rendered from the run's params and
+XComs; the operators, hooks and triggers talking HTTP to the API through the cncf-kubernetes provider;
+real TensorFlow training of a small subset; a real TF-Serving-compatible REST endpoint scored by the real
+AccuracySensor; the model store (file://, standing in for OSS).
+
+What is emulated, and how:
+- the Kubernetes API server: kmock + shim (tests/kubernetes_emulator.py); no scheduler, no Airflow DB:
+  the tasks run here in DAG order, deferrals are resumed by running their trigger inline;
+- the kubelet and the controllers: `PodActor` below watches the emulated API and "runs" each pod spec by
+  executing its containers' command and args as local processes, with the env from the manifest
+  (secretKeyRef resolved from a fake Secret), `/models` and `/scratch` mapped to temporary directories;
+  it writes the pod, its log and the Job / Deployment status back. TF Serving's main container
+  (`tensorflow_model_server`) is replaced by its REST-compatible stand-in, serving_image/server.py, with
+  the same flags (minus the gRPC `--port`);
+- cluster DNS, kube-proxy and the cloud load balancer: an HTTP proxy maps the Service's in-cluster name
+  (staging) and the load balancer hostname the actor assigns (production) to the local server's port;
+- the human approval, the accuracy gate's branching and the store promotion are not run here (they do
+  not depend on the runtime; the local end-to-end test runs them under a real Airflow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import http.server
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from airflow_provider_mlpipe.modelstore import open_store
+from tests.kubernetes_emulator import (
+    NAMESPACE,
+    EmulatedCluster,
+    FakeTaskInstance,
+    configure,
+    emulated_cluster,
+    first_event,
+    resume,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_ID = "manual__2026-02-01T00:00:00+00:00"
+FAKE_SECRET = {
+    "mlpipe-oss": {"access_key_id": "LTAI5tE2EFAKEID", "access_key_secret": "e2e-fake-secret-value"}
+}
+DIGEST = "sha256:" + "cd" * 32
+
+
+class Router(http.server.ThreadingHTTPServer):
+    """Cluster DNS + kube-proxy + load balancer: `host:port` of a Service -> the local server's port."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, int] = {}
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    def _forward(self) -> None:
+        target = urlsplit(self.path)
+        port = self.server.routes.get(target.netloc)  # type: ignore[attr-defined]
+        if port is None:
+            self.send_error(502, f"no route to {target.netloc}")
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        path = target.path + (f"?{target.query}" if target.query else "")
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=self.command)
+        req.add_header("Content-Type", self.headers.get("Content-Type") or "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                status, data = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, data = err.code, err.read()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class PodActor(threading.Thread):
+    """Plays kubelet + Job and Deployment controllers + load balancer for the emulated cluster."""
+
+    def __init__(self, k8s: EmulatedCluster, router: Router, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.k8s, self.router, self.root = k8s, router, root
+        self.stopping = threading.Event()
+        self.jobs: dict[str, subprocess.Popen[str]] = {}
+        self.servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        self.error: BaseException | None = None
+        self.starting: list[subprocess.Popen[bytes]] = []
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self._step()
+                time.sleep(0.1)
+        except BaseException as err:  # surfaced by the test
+            self.error = err
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+        for proc in [*self.jobs.values(), *self.starting, *(p for _, p in self.servers.values())]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+    def _env(self, container: dict[str, Any], mapped: dict[str, str]) -> dict[str, str]:
+        env = {"PATH": os.environ["PATH"], "TF_CPP_MIN_LOG_LEVEL": "2"}
+        for item in container.get("env", []):
+            if "value" in item:
+                value = item["value"]
+                for prefix, local in mapped.items():
+                    if value == prefix or value.startswith(f"{prefix}/"):
+                        value = local + value[len(prefix) :]
+                        break
+                env[item["name"]] = value
+            else:
+                ref = item["valueFrom"]["secretKeyRef"]
+                value = FAKE_SECRET.get(ref["name"], {}).get(ref["key"])
+                assert value is not None or ref.get("optional"), ref
+                if value is not None:
+                    env[item["name"]] = value
+        return env
+
+    @staticmethod
+    def _argv(container: dict[str, Any], mapped: dict[str, str]) -> list[str]:
+        argv = [*container["command"], *container.get("args", [])]
+        out = []
+        for arg in argv:
+            flag, eq, value = arg.partition("=")
+            for prefix, local in mapped.items():
+                if eq and (value == prefix or value.startswith(f"{prefix}/")):
+                    arg = f"{flag}={local}{value[len(prefix) :]}"
+                    break
+            out.append(arg)
+        return [sys.executable if out[0] == "python" else out[0], *out[1:]]
+
+    def _step(self) -> None:
+        for name in self.k8s.names("jobs"):
+            job = self.k8s.get("jobs", name)
+            if job and name not in self.jobs and not (job.get("status") or {}).get("conditions"):
+                self._start_job(name, job)
+        for name, proc in list(self.jobs.items()):
+            if proc.poll() is not None and self.k8s.get("jobs", name) and not self._finished(name):
+                code = proc.returncode
+                self.k8s.patch(
+                    "pods",
+                    f"{name}-pod",
+                    {
+                        "status": {
+                            "phase": "Succeeded" if code == 0 else "Failed",
+                            "containerStatuses": [
+                                {
+                                    "name": "trainer",
+                                    "state": {
+                                        "terminated": {
+                                            "exitCode": code,
+                                            "reason": "Completed" if code == 0 else "Error",
+                                        }
+                                    },
+                                }
+                            ],
+                        }
+                    },
+                )
+                self.k8s.finish_job(name, succeeded=code == 0, reason="BackoffLimitExceeded")
+        deployments = set(self.k8s.names("deployments"))
+        for name in deployments:
+            dep = self.k8s.get("deployments", name)
+            assert dep is not None
+            status = dep.get("status") or {}
+            if int(status.get("observedGeneration") or 0) < int(dep["metadata"]["generation"]):
+                self._roll_out(name, dep)
+        for name in set(self.servers) - deployments:
+            _, proc = self.servers.pop(name)
+            proc.terminate()
+            proc.wait(10)
+        for name in self.k8s.names("services"):
+            svc = self.k8s.get("services", name)
+            if (
+                svc
+                and svc["spec"]["type"] == "LoadBalancer"
+                and not (svc.get("status") or {}).get("loadBalancer")
+            ):
+                host = f"{name}.lb.emulated.example"
+                self.k8s.patch(
+                    "services", name, {"status": {"loadBalancer": {"ingress": [{"hostname": host}]}}}
+                )
+        for name, (port, _) in self.servers.items():
+            self.router.routes[f"{name}.{NAMESPACE}.svc.cluster.local:8501"] = port
+            self.router.routes[f"{name}.lb.emulated.example:8501"] = port
+
+    def _finished(self, name: str) -> bool:
+        return bool(((self.k8s.get("jobs", name) or {}).get("status") or {}).get("conditions"))
+
+    def _start_job(self, name: str, job: dict[str, Any]) -> None:
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        scratch = self.root / name / "scratch"
+        tmp = self.root / name / "tmp"
+        scratch.mkdir(parents=True)
+        tmp.mkdir(parents=True)
+        mapped = {"/scratch": str(scratch), "/tmp": str(tmp)}
+        pod = f"{name}-pod"
+        self.k8s.add_job_pod(name, pod)
+        self.k8s.patch("jobs", name, {"status": {"active": 1}})
+        proc = subprocess.Popen(
+            self._argv(container, mapped),
+            env=self._env(container, mapped),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=scratch,
+        )
+        self.jobs[name] = proc
+
+        def pump() -> None:
+            lines: list[str] = []
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                self.k8s.set_log(pod, lines)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def _roll_out(self, name: str, dep: dict[str, Any]) -> None:
+        pod = dep["spec"]["template"]["spec"]
+        models = self.root / name / f"models-g{dep['metadata']['generation']}"
+        tmp = self.root / name / "tmp"
+        models.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        mapped = {"/models": str(models), "/tmp": str(tmp)}
+        (init,) = pod["initContainers"]
+        subprocess.run(self._argv(init, mapped), env=self._env(init, mapped), check=True, timeout=120)
+        (server,) = pod["containers"]
+        port = _free_port()
+        args = [a for a in server["args"] if not a.startswith(("--port=", "--rest_api_port="))]
+        args = self._argv({"command": ["x"], "args": args}, mapped)[1:]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "airflow_provider_mlpipe.images.serving.server",
+                *args,
+                f"--rest_api_port={port}",
+                "--host=127.0.0.1",
+            ],
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            stdout=(self.root / name / "server.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        # Tracked before the readiness wait, so stop() ends it whatever happens next.
+        self.starting.append(proc)
+        probe = f"http://127.0.0.1:{port}{server['readinessProbe']['httpGet']['path']}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(probe, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                f"{name} never became ready: {(self.root / name / 'server.log').read_text()[-2000:]}"
+            )
+            time.sleep(0.2)
+        old = self.servers.get(name)
+        self.servers[name] = (port, proc)
+        self.router.routes[f"{name}.{NAMESPACE}.svc.cluster.local:8501"] = port
+        self.router.routes[f"{name}.lb.emulated.example:8501"] = port
+        self.k8s.roll_out(name)
+        if old:
+            old[1].terminate()
+            old[1].wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[EmulatedCluster, PodActor]]:
+    with emulated_cluster() as k8s:
+        configure(monkeypatch, k8s)
+        router = Router()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{router.server_port}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        actor = PodActor(k8s, router, tmp_path / "kubelet")
+        actor.start()
+        try:
+            yield k8s, actor
+        finally:
+            actor.stop()
+            router.shutdown()
+
+
+async def _wait(trigger: Any, actor: PodActor) -> dict[str, Any]:
+    """The trigger's first event; fails at once if the actor playing the cluster broke."""
+    waiting = asyncio.ensure_future(first_event(trigger, timeout=300))
+    while not waiting.done():
+        if actor.error is not None:
+            waiting.cancel()
+            raise AssertionError(f"the emulated kubelet/controllers failed: {actor.error!r}") from actor.error
+        await asyncio.sleep(0.2)
+    return waiting.result()
+
+
+def _load_dag() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "mlpipe_dag_k8s_e2e", REPO / "dags" / "mlpipe_fashion_mnist.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+def test_dag_runs_on_kubernetes(
+    cluster: tuple[EmulatedCluster, PodActor],
+    tmp_path: Path,
+    fashion_mnist_dir: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    k8s, actor = cluster
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_mlpipe.sensors.accuracy import AccuracySensor
+
+    store_uri = (tmp_path / "models").as_uri()
+    dag = _load_dag()
+    params = copy.deepcopy(dag.params)
+    params.update(
+        {
+            "image": "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:e2e",
+            "digest": DIGEST,
+            "runtime": "kubernetes",
+            "model_store": store_uri,
+            "dataset": str(fashion_mnist_dir),
+            "evaluation_sample": 1000,
+            "verify_sample": 1000,
+            "min_accuracy": 0.3,
+            "hyperparameters": {"epochs": 2, "train_limit": 5000, "test_limit": 500, "threads": 2},
+            "kubernetes": {"cpu": "1", "memory": "2Gi", "replicas": 1},
+        }
+    )
+    values = params.validate()
+    ti = FakeTaskInstance(states={"deploy_production": "success"})
+    results: dict[str, Any] = {}
+
+    def run(task_id: str) -> Any:
+        task = dag.get_task(task_id)
+        ti.task_id = task_id
+        context: dict[str, Any] = {"dag": dag, "task": task, "ti": ti, "run_id": RUN_ID, "params": values}
+        task.render_template_fields(context)
+        if isinstance(task, AccuracySensor):
+            deadline = time.monotonic() + 120
+            while not (outcome := task.poke(context)):
+                assert time.monotonic() < deadline, task_id
+                time.sleep(0.5)
+            result = outcome.xcom_value  # type: ignore[union-attr]
+        else:
+            try:
+                result = task.execute(context)
+            except TaskDeferred as deferred:
+                event = asyncio.run(_wait(deferred.trigger, actor))
+                result = resume(task, context, deferred, event)
+        ti.xcoms[task_id, "return_value"] = result
+        results[task_id] = result
+        return result
+
+    # The @task's own callable: its operator wrapper wants the Task Runner's context.
+    results["validate_params"] = dag.get_task("validate_params").python_callable(params=values)
+    assert results["validate_params"]["runtime"] == "kubernetes"
+    trained = run("train")
+    assert trained["version"] == 1 and open_store(store_uri).is_published("fashion_mnist", 1)
+    staging = run("deploy_staging")
+    evaluated = run("evaluate_staging")
+    production = run("deploy_production")
+    verified = run("verify_production")
+    torn_down = run("teardown_staging")
+
+    job_name = k8s.names("jobs")[0]
+    staging_name = staging["name"]
+    prod_name = "serve-fashion-mnist-production"
+    assert k8s.writes() == [
+        ("create", "jobs", job_name),
+        ("create", "deployments", staging_name),
+        ("create", "services", staging_name),
+        ("create", "deployments", prod_name),
+        ("create", "services", prod_name),
+        ("delete(Foreground)", "deployments", staging_name),
+        ("delete(Foreground)", "services", staging_name),
+    ]
+    assert staging["url"] == f"http://{staging_name}.{NAMESPACE}.svc.cluster.local:8501"
+    assert production["url"] == f"http://{prod_name}.lb.emulated.example:8501"
+    assert production["version"] == evaluated["version"] == verified["version"] == 1
+    assert 0.3 <= evaluated["accuracy"] <= 1.0 and evaluated["samples"] == 1000
+    assert torn_down["was"] == "deleted" and k8s.names("deployments") == [prod_name]
+
+    job = k8s.get("jobs", job_name)
+    assert job is not None
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+
+    captured = capfd.readouterr()
+    log = captured.out + captured.err
+    assert "epoch 2/2" in log  # the training pod's log, copied into the task log by the trigger
+    everything = (
+        log
+        + json.dumps(results)
+        + json.dumps([k8s.get(k, n) for k in ("jobs", "deployments", "services") for n in k8s.names(k)])
+    )
+    for secret in FAKE_SECRET["mlpipe-oss"].values():
+        assert secret not in everything

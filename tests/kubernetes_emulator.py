@@ -1,0 +1,384 @@
+"""A Kubernetes API server emulated over real HTTP (kmock), for the `kubernetes` runtime's tests.
+
+What is real: the HTTP API paths, verbs, status codes (404, 409), JSON bodies, JSON / merge patches, and
+the clients (the cncf-kubernetes provider's KubernetesHook and AsyncKubernetesHook, i.e. the official
+`kubernetes` and `kubernetes_asyncio` clients, configured from an Airflow connection with a kubeconfig).
+
+What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested against a real cluster:
+- no controllers run: nothing creates pods for a Job or ReplicaSets for a Deployment, nothing sets status,
+  nothing garbage-collects (foreground deletion deletes at once). Tests and their "actors" write status,
+  pods and pod logs themselves through `EmulatedCluster`;
+- server-side metadata (uid, resourceVersion, creationTimestamp, generation bumped on spec changes) is
+  added by the shim, not by an apiserver;
+- label selectors: equality terms only; pod logs: served from `set_log`, `tailLines` honoured;
+- no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
+- `watch=True` as the Python clients send it (`True`, not `true`) is normalised, though the runtime polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import kmock
+
+logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+NAMESPACE = "mlpipe"
+CONN_ID = "kubernetes_emulator"
+RESOURCES = {
+    "jobs": "batch/v1/jobs",
+    "deployments": "apps/v1/deployments",
+    "services": "v1/services",
+    "pods": "v1/pods",
+}
+
+
+class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """kmock's stateful emulator plus what the runtime relies on (see the module docstring)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.calls: list[tuple[str, str, str]] = []
+        self.pod_logs: dict[tuple[str, str], list[str]] = {}
+        self._rv = itertools.count(1000)
+
+    async def _handle(self, request: Any) -> Any:
+        if request.params.get("watch") == "True":
+            # The Python clients send watch=True; kmock only recognises watch=true.
+            request = kmock.Request(**{**_fields(request), "action": kmock.action.WATCH})
+        if request.resource is not None and request.action is not None:
+            name = request.name or ((request.data or {}).get("metadata") or {}).get("name", "")
+            verb = str(request.action.value).lower()
+            if request.subresource:
+                verb = f"{verb}/{request.subresource}"
+            if verb == "delete" and isinstance(request.data, dict) and request.data.get("propagationPolicy"):
+                verb = f"delete({request.data['propagationPolicy']})"
+            self.calls.append((verb, str(request.resource.plural), name))
+            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta.setdefault("namespace", request.namespace)
+                meta.update(
+                    uid=str(uuid.uuid4()),
+                    resourceVersion=str(next(self._rv)),
+                    creationTimestamp=_now(),
+                    generation=1,
+                )
+        return await super()._handle(request)
+
+    async def _serve_update(self, request: Any) -> Any:
+        async with self._lock:
+            obj = self._objects[request.resource, request.namespace, request.name]
+            history = [v for v in obj.history if v is not None]
+            before = history[-2].raw if len(history) > 1 else {}
+            meta = dict(obj.last.raw.get("metadata") or {})
+            changes: dict[str, Any] = {"resourceVersion": str(next(self._rv))}
+            if request.subresource != "status" and before.get("spec") != obj.last.raw.get("spec"):
+                changes["generation"] = int(meta.get("generation") or 1) + 1
+            obj.patch({"metadata": changes})
+        return await super()._serve_update(request)
+
+    async def _serve_list(self, request: Any) -> Any:
+        body = await super()._serve_list(request)
+        selector = request.params.get("labelSelector") or ""
+        terms = [term.split("=", 1) for term in selector.split(",") if "=" in term]
+        body["items"] = [
+            item
+            for item in body["items"]
+            if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in terms)
+        ]
+        return body
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        if request.subresource == "log":
+            if (request.namespace, request.name) not in self.pod_logs:
+                raise kmock.KubernetesObjectNotFoundError()
+            lines = self.pod_logs[request.namespace, request.name]
+            tail = int(request.params.get("tailLines") or 0)
+            shown = lines[-tail:] if tail else lines
+            return "".join(f"{line}\n" for line in shown).encode()
+        return await super()._serve_fetch(request)
+
+
+def _fields(request: Any) -> dict[str, Any]:
+    import attrs
+
+    return {
+        (f.alias or f.name.lstrip("_")): getattr(request, f.name)
+        for f in attrs.fields(type(request))
+        if f.init
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class EmulatedCluster:
+    """The emulator on its own thread and event loop, so that both the synchronous operators and the
+    asynchronous triggers (on the test's loop) reach it over HTTP, and tests can play the controllers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="k8s-emulator", daemon=True)
+        self._thread.start()
+        self.api: ClusterEmulator = self._run(self._start())
+
+    async def _start(self) -> ClusterEmulator:
+        api = ClusterEmulator()
+        await api.__aenter__()
+        for resource in RESOURCES.values():
+            api.resources[resource] = {"namespaced": True}
+        self._server = kmock.Server(api)
+        await self._server.__aenter__()
+        self._api = api
+        return api
+
+    def _run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        return str(self._server.url).rstrip("/")
+
+    def close(self) -> None:
+        async def _stop() -> None:
+            await self._server.__aexit__(None, None, None)
+            await self._api.__aexit__(None, None, None)
+
+        try:
+            self._run(_stop(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+    def kubeconfig(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "emulator", "user": {"token": "emulator-token-not-a-secret"}}],
+            "contexts": [
+                {
+                    "name": "emulator",
+                    "context": {"cluster": "emulator", "user": "emulator", "namespace": NAMESPACE},
+                }
+            ],
+            "current-context": "emulator",
+        }
+
+    def connection_json(self) -> str:
+        return json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": self.kubeconfig()}})
+
+    # --- the test plays the controllers ---------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[tuple[str, str, str]]:
+        return list(self.api.calls)
+
+    def writes(self) -> list[tuple[str, str, str]]:
+        """The state-changing calls, in order: what the runtime did to the cluster."""
+        return [c for c in self.calls if not c[0].startswith(("fetch", "list", "watch"))]
+
+    def get(self, kind: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        async def _get() -> dict[str, Any] | None:
+            async with self.api._lock:
+                key = (RESOURCES[kind], namespace, name)
+                try:
+                    obj = self.api.objects[key]
+                except KeyError:
+                    return None
+                return None if obj.deleted else json.loads(json.dumps(obj.raw))
+
+        result: dict[str, Any] | None = self._run(_get())
+        return result
+
+    def names(self, kind: str, namespace: str = NAMESPACE) -> list[str]:
+        async def _names() -> list[str]:
+            async with self.api._lock:
+                return sorted(
+                    key[2]
+                    for key in self.api.objects
+                    if str(key[0]) == str(kmock.resource(RESOURCES[kind]))
+                    and key[1] == namespace
+                    and not self.api.objects[key].deleted
+                )
+
+        result: list[str] = self._run(_names())
+        return result
+
+    def patch(self, kind: str, name: str, changes: dict[str, Any], namespace: str = NAMESPACE) -> None:
+        """What a controller does: merge `changes` (typically into status) and bump resourceVersion."""
+
+        async def _patch() -> None:
+            async with self.api._lock:
+                obj = self.api.objects[RESOURCES[kind], namespace, name]
+                obj.patch(changes)
+                obj.patch({"metadata": {"resourceVersion": str(next(self.api._rv))}})
+
+        self._run(_patch())
+
+    def add(self, kind: str, obj: dict[str, Any], namespace: str = NAMESPACE) -> None:
+        async def _add() -> None:
+            async with self.api._lock:
+                meta = obj.setdefault("metadata", {})
+                meta.setdefault("namespace", namespace)
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", _now())
+                meta["resourceVersion"] = str(next(self.api._rv))
+                self.api.objects[RESOURCES[kind], namespace, meta["name"]] = obj
+
+        self._run(_add())
+
+    def set_log(self, pod: str, lines: list[str], namespace: str = NAMESPACE) -> None:
+        self.api.pod_logs[namespace, pod] = list(lines)
+
+    # --- controller shortcuts --------------------------------------------------------------------------
+
+    def add_job_pod(
+        self, job: str, pod: str, *, phase: str = "Running", terminated: dict[str, Any] | None = None
+    ) -> None:
+        status: dict[str, Any] = {"phase": phase}
+        if terminated is not None:
+            status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
+        self.add(
+            "pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
+                "status": status,
+            },
+        )
+
+    def finish_job(self, job: str, *, succeeded: bool, reason: str = "", message: str = "") -> None:
+        now = _now()
+        if succeeded:
+            conditions = [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "lastTransitionTime": now},
+            ]
+            status = {"succeeded": 1, "active": 0, "conditions": conditions, "completionTime": now}
+        else:
+            conditions = [
+                {"type": "FailureTarget", "status": "True", "reason": reason, "message": message},
+                {"type": "Failed", "status": "True", "reason": reason, "message": message},
+            ]
+            status = {"failed": 1, "active": 0, "conditions": conditions}
+        self.patch("jobs", job, {"status": status})
+
+    def roll_out(self, name: str, *, available: bool = True, deadline_exceeded: bool = False) -> None:
+        """The Deployment controller: observe the current generation and report its replicas."""
+        dep = self.get("deployments", name)
+        assert dep is not None, name
+        replicas = int(dep["spec"].get("replicas", 1))
+        generation = int(dep["metadata"].get("generation", 1))
+        progressing = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
+        if deadline_exceeded:
+            progressing = {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": f'ReplicaSet "{name}-7d4b9c" has timed out progressing.',
+            }
+        ready = replicas if available else 0
+        self.patch(
+            "deployments",
+            name,
+            {
+                "status": {
+                    "observedGeneration": generation,
+                    "replicas": replicas if available else replicas + 1,
+                    "updatedReplicas": replicas if available else 1,
+                    "readyReplicas": ready,
+                    "availableReplicas": ready,
+                    "conditions": [progressing],
+                }
+            },
+        )
+
+
+@contextmanager
+def emulated_cluster() -> Iterator[EmulatedCluster]:
+    cluster = EmulatedCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+FETCH_IMAGE = "registry.example.com/mlpipe/fetch@sha256:" + "c" * 64
+
+
+def configure(monkeypatch: Any, cluster: EmulatedCluster) -> None:
+    """Point Airflow's `kubernetes` connection and the `[mlpipe]` settings at the emulator."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", cluster.connection_json())
+    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_CONN_ID", CONN_ID)
+    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_FETCH_IMAGE", FETCH_IMAGE)
+    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_OSS_SECRET", "mlpipe-oss")
+
+
+# --- running operators and triggers without a scheduler -----------------------------------------------
+
+
+class FakeTaskInstance:
+    """The parts of a task instance the operators use: XCom push/pull and the run's task states."""
+
+    def __init__(self, states: dict[str, str] | None = None) -> None:
+        self.xcoms: dict[tuple[str, str], Any] = {}
+        self.task_id = "task"
+        self.states = states or {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcoms[self.task_id, key] = value
+
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_: Any) -> Any:
+        return self.xcoms.get((task_ids or self.task_id, key))
+
+    def get_task_states(self, dag_id: str, run_ids: list[str]) -> dict[str, dict[str, str]]:
+        return {run_ids[0]: dict(self.states)}
+
+
+def make_context(
+    run_id: str = "manual__2026-01-01T00:00:00+00:00", ti: FakeTaskInstance | None = None
+) -> Any:
+    from types import SimpleNamespace
+
+    return {
+        "dag": SimpleNamespace(dag_id="mlpipe_fashion_mnist"),
+        "run_id": run_id,
+        "ti": ti or FakeTaskInstance(),
+    }
+
+
+def execute_until_deferred(operator: Any, context: Any) -> Any:
+    """Run `execute`; return the TaskDeferred it raises (or the result, if it finished at once)."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    try:
+        return operator.execute(context)
+    except TaskDeferred as deferred:
+        return deferred
+
+
+async def first_event(trigger: Any, timeout: float = 30) -> dict[str, Any]:
+    async def _first() -> dict[str, Any]:
+        async for event in trigger.run():
+            payload: dict[str, Any] = event.payload
+            return payload
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(_first(), timeout)
+
+
+def resume(operator: Any, context: Any, deferred: Any, event: dict[str, Any]) -> Any:
+    return getattr(operator, deferred.method_name)(context, event, **(deferred.kwargs or {}))

@@ -1,0 +1,255 @@
+"""KubeTrainJobOperator with runtime=kubernetes and KubernetesJobTrigger against an emulated Kubernetes API
+(real HTTP, the provider's KubernetesHook/AsyncKubernetesHook; see tests/kubernetes_emulator.py for what
+is emulated). No controller runs: the tests add the Job's pod, its log and its final status themselves,
+and "publish" the model version as the training pod would have."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_mlpipe import manifests
+from airflow_provider_mlpipe.exceptions import ConfigError, TrainingError
+from airflow_provider_mlpipe.modelstore import open_store
+from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
+from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
+from tests.kubernetes_emulator import (
+    CONN_ID,
+    NAMESPACE,
+    EmulatedCluster,
+    configure,
+    emulated_cluster,
+    execute_until_deferred,
+    first_event,
+    make_context,
+    resume,
+)
+
+DIGEST = "sha256:" + "ab" * 32
+SECRET_ID = "LTAI5tEMULATEDKEYID0000"
+SECRET_KEY = "emulated-secret-access-key-must-never-leak"
+
+
+@pytest.fixture
+def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedCluster]:
+    with emulated_cluster() as cluster:
+        configure(monkeypatch, cluster)
+        # Credentials the Airflow worker itself may hold: none may reach a manifest, an XCom or a log.
+        monkeypatch.setenv("OSS_ACCESS_KEY_ID", SECRET_ID)
+        monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", SECRET_KEY)
+        yield cluster
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path) -> str:
+    return (tmp_path / "models").as_uri()
+
+
+def operator(store_uri: str, **kwargs: Any) -> KubeTrainJobOperator:
+    return KubeTrainJobOperator(
+        task_id="train",
+        image="registry.example.com/mlpipe/trainer:1",
+        digest=DIGEST,
+        runtime="kubernetes",
+        model_store=store_uri,
+        hyperparameters={"epochs": 2},
+        poll_interval=0.05,
+        **kwargs,
+    )
+
+
+def publish(store_uri: str, version: int, tmp_path: Path) -> None:
+    """What the training pod does at its end."""
+    src = tmp_path / f"export-{version}"
+    src.mkdir()
+    (src / "saved_model.pb").write_bytes(b"pb")
+    open_store(store_uri).publish(
+        "fashion_mnist", version, src, {"metrics": {"test_accuracy": 0.9}, "image": "x", "digest": DIGEST}
+    )
+
+
+def assert_no_credentials(k8s: EmulatedCluster, *texts: str) -> None:
+    bodies = json.dumps([k8s.get("jobs", n) for n in k8s.names("jobs")])
+    for text in (bodies, *texts):
+        assert SECRET_ID not in text and SECRET_KEY not in text
+
+
+async def test_creates_the_job_follows_its_log_and_succeeds(
+    k8s: EmulatedCluster, store_uri: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    context = make_context()
+    op = operator(store_uri, gpus=1, node_selector={"pool": "gpu"})
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    (name,) = k8s.names("jobs")
+    assert deferred.trigger.job_name == name
+    assert name == manifests.train_job_name("fashion_mnist", 1, "mlpipe_fashion_mnist/" + context["run_id"])
+    job = k8s.get("jobs", name)
+    assert job is not None
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"registry.example.com/mlpipe/trainer@{DIGEST}"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+
+    trigger = deferred.trigger
+    assert trigger.serialize() == (
+        "airflow_provider_mlpipe.triggers.kubernetes_job.KubernetesJobTrigger",
+        {
+            "job_name": name,
+            "namespace": NAMESPACE,
+            "conn_id": CONN_ID,
+            "timeout_at": trigger.timeout_at,
+            "poll_interval": 0.05,
+            "log_pod": "",
+            "log_offset": 0,
+        },
+    )
+    waiting = asyncio.create_task(first_event(trigger))
+    k8s.add_job_pod(name, f"{name}-x1")
+    k8s.set_log(f"{name}-x1", ["epoch 1/2 loss=0.6", "epoch 2/2 loss=0.4"])
+    await asyncio.sleep(0.3)
+    k8s.set_log(f"{name}-x1", ["epoch 1/2 loss=0.6", "epoch 2/2 loss=0.4", "published model=fashion_mnist"])
+    publish(store_uri, 1, tmp_path)
+    await asyncio.sleep(0.3)
+    k8s.finish_job(name, succeeded=True)
+    event = await waiting
+    assert event["status"] == "success"
+    result = resume(op, context, deferred, event)
+    assert result["version"] == 1 and result["test_accuracy"] == 0.9
+
+    captured = capfd.readouterr()
+    log = captured.out + captured.err
+    # The pod's log reached the task log, each line once.
+    assert log.count("epoch 1/2 loss=0.6") == 1 and "published model=fashion_mnist" in log
+    assert_no_credentials(k8s, log, json.dumps(result), json.dumps(list(context["ti"].xcoms.items())))
+    assert k8s.writes() == [("create", "jobs", name)]
+
+
+async def test_retry_adopts_the_job_it_created(k8s: EmulatedCluster, store_uri: str) -> None:
+    context = make_context()
+    first = await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    # The worker died; the retry is a new operator instance, same run.
+    second = await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    assert first.trigger.job_name == second.trigger.job_name
+    assert k8s.names("jobs") == [first.trigger.job_name]
+    assert [c for c in k8s.writes() if c[0] == "create"] == [("create", "jobs", first.trigger.job_name)]
+
+
+async def test_a_finished_job_is_adopted_without_waiting(
+    k8s: EmulatedCluster, store_uri: str, tmp_path: Path
+) -> None:
+    context = make_context()
+    deferred = await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    name = deferred.trigger.job_name
+    k8s.finish_job(name, succeeded=True)
+    open_store(store_uri)  # the pod published, then the task was killed before it noticed:
+    publish(store_uri, 1, tmp_path)
+    result = await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    assert isinstance(result, dict) and result["version"] == 1
+
+
+async def test_failure_after_backoff_limit_names_reason_and_log(k8s: EmulatedCluster, store_uri: str) -> None:
+    context = make_context()
+    op = operator(store_uri, backoff_limit=1)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
+    assert k8s.get("jobs", name)["spec"]["backoffLimit"] == 1  # type: ignore[index]
+    terminated = {"exitCode": 2, "reason": "Error", "message": "dataset missing"}
+    k8s.add_job_pod(name, f"{name}-a", phase="Failed", terminated=terminated)
+    k8s.add_job_pod(name, f"{name}-b", phase="Failed", terminated=terminated)
+    k8s.set_log(f"{name}-b", [f"line {i}" for i in range(40)] + ["train: error: --dataset: no such file"])
+    k8s.finish_job(
+        name,
+        succeeded=False,
+        reason="BackoffLimitExceeded",
+        message="Job has reached the specified backoff limit",
+    )
+    event = await first_event(deferred.trigger)
+    assert event["status"] == "failed"
+    with pytest.raises(TrainingError) as err:
+        resume(op, context, deferred, event)
+    text = str(err.value)
+    assert "BackoffLimitExceeded" in text and "exit code 2" in text and "dataset missing" in text
+    assert "train: error: --dataset: no such file" in text and "line 39" in text and "line 5\n" not in text
+    assert_no_credentials(k8s, text)
+
+    # The next try starts over: the failed Job is replaced by one new Job of the same name.
+    again = await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    assert again.trigger.job_name == name
+    assert k8s.writes() == [
+        ("create", "jobs", name),
+        ("delete(Foreground)", "jobs", name),
+        ("create", "jobs", name),
+    ]
+    assert "conditions" not in (k8s.get("jobs", name) or {}).get("status", {})
+
+
+async def test_deadline_exceeded(k8s: EmulatedCluster, store_uri: str) -> None:
+    context = make_context()
+    op = operator(store_uri)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
+    assert k8s.get("jobs", name)["spec"]["activeDeadlineSeconds"] == 6 * 3600  # type: ignore[index]
+    k8s.add_job_pod(name, f"{name}-a", phase="Failed", terminated={"exitCode": 143, "reason": "Error"})
+    k8s.finish_job(
+        name,
+        succeeded=False,
+        reason="DeadlineExceeded",
+        message="Job was active longer than specified deadline",
+    )
+    event = await first_event(deferred.trigger)
+    with pytest.raises(TrainingError, match="DeadlineExceeded"):
+        resume(op, context, deferred, event)
+
+
+async def test_trigger_timeout_deletes_the_job(k8s: EmulatedCluster, store_uri: str) -> None:
+    context = make_context()
+    op = operator(store_uri)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
+    trigger = KubernetesJobTrigger(**{**deferred.trigger.serialize()[1], "timeout_at": 0.0})
+    event = await first_event(trigger)
+    assert event["status"] == "timeout"
+    with pytest.raises(TrainingError, match="did not finish in time"):
+        await asyncio.to_thread(resume, op, context, deferred, event)
+    assert k8s.names("jobs") == []
+    assert ("delete(Foreground)", "jobs", name) in k8s.writes()
+
+
+async def test_on_kill_deletes_the_job(k8s: EmulatedCluster, store_uri: str) -> None:
+    context = make_context()
+    op = operator(store_uri)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
+    await asyncio.to_thread(op.on_kill)  # killed before the deferral took effect
+    assert k8s.names("jobs") == []
+    # Killed while deferred: Airflow calls the trigger's on_kill.
+    await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    await deferred.trigger.on_kill()
+    assert k8s.names("jobs") == []
+    assert k8s.writes().count(("delete(Foreground)", "jobs", name)) == 2
+
+
+async def test_job_deleted_under_the_trigger(k8s: EmulatedCluster, store_uri: str) -> None:
+    context = make_context()
+    op = operator(store_uri)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    await deferred.trigger.on_kill()
+    event = await first_event(deferred.trigger)
+    assert event["status"] == "gone"
+    with pytest.raises(TrainingError, match="no longer exists"):
+        resume(op, context, deferred, event)
+
+
+def test_unpinned_image_is_refused_before_anything_happens(k8s: EmulatedCluster, store_uri: str) -> None:
+    op = KubeTrainJobOperator(
+        task_id="train", image="reg.io/ns/trainer:1", runtime="kubernetes", model_store=store_uri
+    )
+    with pytest.raises(ConfigError, match="digest"):
+        op.execute(make_context())
+    assert k8s.calls == []
+    assert open_store(store_uri).published_versions("fashion_mnist") == []

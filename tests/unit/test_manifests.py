@@ -1,0 +1,309 @@
+"""Every manifest the Kubernetes runtime builds passes `kubernetes-validate --strict` (Kubernetes 1.30 and
+1.35 schemas, bundled with kubernetes-validate), and none carries a credential."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+import yaml
+
+from airflow_provider_mlpipe import manifests
+from airflow_provider_mlpipe.exceptions import ConfigError
+
+VERSIONS = ["1.30.0", "1.35.0"]
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:v7"
+RUN = "mlpipe_fashion_mnist/manual__2026-01-01T00:00:00+00:00"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def job(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "name": manifests.train_job_name("fashion_mnist", 3, RUN),
+        "namespace": "mlpipe",
+        "image": IMAGE,
+        "digest": DIGEST,
+        "model_name": "fashion_mnist",
+        "version": 3,
+        "model_store": "oss://models-bucket/mlpipe",
+        "dataset": "oss://datasets/fashion-mnist",
+        "hyperparameters": {"epochs": 2, "learning_rate": 0.003},
+        "run_key": RUN,
+        "dag_id": "mlpipe_fashion_mnist",
+        "oss_secret": "mlpipe-oss",
+        **overrides,
+    }
+    return manifests.train_job(**kwargs)
+
+
+def deployment(version: int = 3, name: str = "serve-fashion-mnist-production") -> dict[str, Any]:
+    template = manifests.serving_pod_template(
+        name=name,
+        model_name="fashion_mnist",
+        version=version,
+        model_store="oss://models-bucket/mlpipe",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/mlpipe/fetch@" + DIGEST,
+        oss_secret="mlpipe-oss",
+    )
+    return manifests.serving_deployment(
+        name=name,
+        namespace="mlpipe",
+        endpoint="production",
+        model_name="fashion_mnist",
+        version=version,
+        run_key=RUN,
+        dag_id="mlpipe_fashion_mnist",
+        template=template,
+        replicas=2,
+    )
+
+
+def service(service_type: str) -> dict[str, Any]:
+    return manifests.serving_service(
+        name="serve-fashion-mnist-production",
+        namespace="mlpipe",
+        service_type=service_type,
+        model_name="fashion_mnist",
+        run_key=RUN,
+        dag_id="mlpipe_fashion_mnist",
+        annotations={"service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type": "intranet"},
+    )
+
+
+def rolled_out() -> dict[str, Any]:
+    return jsonpatch.apply_patch(deployment(3), manifests.rollout_patch(deployment(3), deployment(4)))
+
+
+def rolled_back() -> dict[str, Any]:
+    after = rolled_out()
+    patch = manifests.rollback_patch(after)
+    assert patch is not None
+    return jsonpatch.apply_patch(after, patch)
+
+
+def deploy_files() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((REPO / "deploy").glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+ALL: dict[str, Any] = {
+    "job": job,
+    "job-gpu-placed": lambda: job(
+        gpus=2,
+        node_selector={"aliyun.accelerator/nvidia_name": "Tesla-V100"},
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        service_account="mlpipe-train",
+    ),
+    "job-file-store": lambda: job(model_store="file:///mnt/models", dataset=None, hyperparameters={}),
+    "deployment": deployment,
+    "deployment-rolled-out": rolled_out,
+    "deployment-rolled-back": rolled_back,
+    "service-clusterip": lambda: service("ClusterIP"),
+    "service-loadbalancer": lambda: service("LoadBalancer"),
+}
+
+
+@pytest.mark.parametrize("k8s_version", VERSIONS)
+@pytest.mark.parametrize("which", sorted(ALL))
+def test_manifest_validates_strictly(which: str, k8s_version: str) -> None:
+    kubernetes_validate.validate(ALL[which](), k8s_version, strict=True)
+
+
+@pytest.mark.parametrize("k8s_version", VERSIONS)
+def test_deploy_manifests_validate_strictly(k8s_version: str) -> None:
+    docs = deploy_files()
+    kinds = {d["kind"] for d in docs}
+    assert {"Role", "RoleBinding", "ServiceAccount", "Secret"} <= kinds
+    for doc in docs:
+        kubernetes_validate.validate(doc, k8s_version, strict=True)
+
+
+def test_the_strict_validator_does_reject_an_unknown_field() -> None:
+    bad = job()
+    bad["spec"]["template"]["spec"]["containers"][0]["gpu"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.35.0", strict=True)
+
+
+def test_rbac_is_least_privilege() -> None:
+    role = next(d for d in deploy_files() if d["kind"] == "Role")
+    granted = {
+        (group, res): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for res in rule["resources"]
+    }
+    assert set(granted) == {
+        ("batch", "jobs"),
+        ("", "pods"),
+        ("", "pods/log"),
+        ("apps", "deployments"),
+        ("", "services"),
+    }
+    assert granted["", "pods"] == {"get", "list"}
+    assert granted["", "pods/log"] == {"get"}
+    assert all("*" not in verbs and "escalate" not in verbs for verbs in granted.values())
+
+
+def test_job_spec() -> None:
+    manifest = job(gpus=1, node_selector={"gpu": "yes"})
+    spec = manifest["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
+    assert container["command"] == ["python", "-m", manifests.TRAINER_MODULE]
+    assert container["args"] == ["--epochs=2", "--learning-rate=0.003"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"gpu": "yes"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert (
+        spec["backoffLimit"] == 1
+        and spec["activeDeadlineSeconds"] > 0
+        and spec["ttlSecondsAfterFinished"] > 0
+    )
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container["securityContext"]
+    assert (
+        sc["readOnlyRootFilesystem"]
+        and not sc["allowPrivilegeEscalation"]
+        and sc["capabilities"]["drop"] == ["ALL"]
+    )
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/scratch", "/tmp"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLPIPE_MODEL_STORE"]["value"] == "oss://models-bucket/mlpipe"
+    assert env["MLPIPE_MODEL_VERSION"]["value"] == "3"
+    labels = manifest["metadata"]["labels"]
+    assert labels[manifests.L_VERSION] == "3" and labels[manifests.L_DAG] == "mlpipe_fashion_mnist"
+    assert labels[manifests.L_RUN] == manifests.short_hash(RUN, 16)
+    assert spec["template"]["metadata"]["labels"] == labels
+
+
+def test_credentials_only_by_secret_key_ref() -> None:
+    for build in ALL.values():
+        manifest = build()
+        text = json.dumps(manifest)
+        assert "OSS_ACCESS_KEY" not in text or '"secretKeyRef"' in text
+        pod = manifest.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
+            for env in container.get("env", []):
+                if env["name"].startswith("OSS_"):
+                    assert set(env) == {"name", "valueFrom"}
+                    assert env["valueFrom"]["secretKeyRef"]["name"] == "mlpipe-oss"
+    assert {e["name"] for e in job()["spec"]["template"]["spec"]["containers"][0]["env"]} >= {
+        "OSS_ACCESS_KEY_ID",
+        "OSS_ACCESS_KEY_SECRET",
+    }
+    # Required when the store is on OSS, optional when nothing reads OSS.
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in job()["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "valueFrom" in e
+    ]
+    assert [r["optional"] for r in refs if r["key"] != "endpoint"] == [False, False]
+    local = job(model_store="file:///mnt/models", dataset=None)
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in local["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "valueFrom" in e
+    ]
+    assert all(r["optional"] for r in refs)
+
+
+def test_deployment_spec() -> None:
+    manifest = deployment()
+    spec = manifest["spec"]
+    pod = spec["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (server,) = pod["containers"]
+    assert init["args"] == [
+        "--model-store=oss://models-bucket/mlpipe",
+        "--model-name=fashion_mnist",
+        "--version=3",
+        "--dest=/models/fashion_mnist",
+    ]
+    assert server["image"] == "tensorflow/serving:2.19.0"
+    assert {
+        "--model_name=fashion_mnist",
+        "--model_base_path=/models/fashion_mnist",
+        "--rest_api_port=8501",
+    } <= set(server["args"])
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v1/models/fashion_mnist"
+    assert {v["name"]: v for v in pod["volumes"]}["models"]["emptyDir"]
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert spec["replicas"] == 2
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_rollout_then_rollback_restores_the_previous_template() -> None:
+    after = rolled_out()
+    assert after["spec"]["template"] == deployment(4)["spec"]["template"]
+    assert after["metadata"]["annotations"][manifests.A_PREVIOUS_VERSION] == "3"
+    back = rolled_back()
+    assert back["spec"]["template"] == deployment(3)["spec"]["template"]
+    assert back["metadata"]["annotations"][manifests.A_VERSION] == "3"
+    assert manifests.A_PREVIOUS_TEMPLATE not in back["metadata"]["annotations"]
+    assert manifests.rollback_patch(deployment(3)) is None
+    # The selector is immutable in Kubernetes: a rollout must never touch it.
+    assert after["spec"]["selector"] == deployment(3)["spec"]["selector"] == back["spec"]["selector"]
+
+
+def test_job_names_are_deterministic_dns_labels() -> None:
+    a = manifests.train_job_name("fashion_mnist", 3, RUN)
+    assert a == manifests.train_job_name("fashion_mnist", 3, RUN)
+    assert a.startswith("train-fashion-mnist-v3-")
+    assert a != manifests.train_job_name("fashion_mnist", 3, RUN + "x")
+    long_model = "m" * 63
+    b = manifests.train_job_name(long_model, 123456, RUN)
+    c = manifests.train_job_name(long_model, 123457, RUN)
+    assert len(b) <= 63 and len(c) <= 63 and b != c
+    assert manifests.serving_name("serve-fashion-mnist-production") == "serve-fashion-mnist-production"
+    long_endpoint = manifests.serving_name(f"serve-{long_model}-staging-0123456789")
+    assert len(long_endpoint) <= 63 and long_endpoint.startswith("serve-")
+    assert (
+        manifests.label_value("x" * 100) == manifests.label_value("x" * 100)
+        and len(manifests.label_value("x" * 100)) <= 63
+    )
+
+
+@pytest.mark.parametrize(
+    ("image", "digest", "pinned"),
+    [
+        ("reg.io/ns/repo:tag", DIGEST, f"reg.io/ns/repo@{DIGEST}"),
+        ("reg.io:5000/ns/repo", DIGEST, f"reg.io:5000/ns/repo@{DIGEST}"),
+        ("reg.io:5000/ns/repo:1.2", DIGEST, f"reg.io:5000/ns/repo@{DIGEST}"),
+        (f"reg.io/ns/repo@{DIGEST}", "", f"reg.io/ns/repo@{DIGEST}"),
+        (f"reg.io/ns/repo@{DIGEST}", DIGEST, f"reg.io/ns/repo@{DIGEST}"),
+    ],
+)
+def test_pinned_image(image: str, digest: str, pinned: str) -> None:
+    assert manifests.pinned_image(image, digest) == pinned
+
+
+@pytest.mark.parametrize(
+    ("image", "digest"),
+    [
+        ("reg.io/ns/repo:tag", ""),
+        ("reg.io/ns/repo:tag", "sha256:short"),
+        (f"reg.io/ns/repo@{DIGEST}", "sha256:" + "cd" * 32),
+    ],
+)
+def test_unpinnable_image_is_refused(image: str, digest: str) -> None:
+    with pytest.raises(ConfigError, match="digest"):
+        manifests.pinned_image(image, digest)
+
+
+def test_manifests_are_not_mutated_by_patch_building() -> None:
+    before = deployment(3)
+    snapshot = copy.deepcopy(before)
+    manifests.rollout_patch(before, deployment(4))
+    assert before == snapshot
