@@ -98,6 +98,15 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _in_mount(value: str, mount: str) -> bool:
+    """Whether a path in a pod spec lies in `mount`. Only the bare `/tmp` counts for the pod's /tmp: host
+    paths below /tmp (pytest's temporary dirs, a checkout under /tmp) are shared with the emulated pod
+    as they are, like the dataset a real cluster would mount."""
+    if mount == "/tmp":
+        return value == mount
+    return value == mount or value.startswith(f"{mount}/")
+
+
 class PodActor(threading.Thread):
     """Plays kubelet + Job and Deployment controllers + load balancer for the emulated cluster."""
 
@@ -132,7 +141,7 @@ class PodActor(threading.Thread):
             if "value" in item:
                 value = item["value"]
                 for prefix, local in mapped.items():
-                    if value == prefix or value.startswith(f"{prefix}/"):
+                    if _in_mount(value, prefix):
                         value = local + value[len(prefix) :]
                         break
                 env[item["name"]] = value
@@ -151,7 +160,7 @@ class PodActor(threading.Thread):
         for arg in argv:
             flag, eq, value = arg.partition("=")
             for prefix, local in mapped.items():
-                if eq and (value == prefix or value.startswith(f"{prefix}/")):
+                if eq and _in_mount(value, prefix):
                     arg = f"{flag}={local}{value[len(prefix) :]}"
                     break
             out.append(arg)
