@@ -21,7 +21,9 @@ DAG_ID = "mlpipe_fashion_mnist"
 
 
 def _say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    # The demo's screen output is its product, not a log: plain lines on stdout, flushed as they happen.
+    sys.stdout.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stdout.flush()
 
 
 def _port_free(port: int) -> bool:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseBranchOperator
 
 from airflow_provider_mlpipe.exceptions import ConfigError
-from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
+from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
 from airflow_provider_mlpipe.validation import check_fraction
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ def decide(
     )
 
 
-class AccuracyGateOperator(BaseBranchOperator):
+class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
     """Follow `pass_task_id` if the candidate is good enough, else `fail_task_id`.
 
     The decision (with its reason and the production figure it was compared with) is pushed as XCom
@@ -74,10 +73,6 @@ class AccuracyGateOperator(BaseBranchOperator):
         self.fail_task_id = fail_task_id
         self.model_name = model_name
         self.model_store = model_store
-
-    @cached_property
-    def store_hook(self) -> ModelStoreHook:
-        return ModelStoreHook(self.model_store)
 
     def choose_branch(self, context: Context) -> str | Iterable[str]:
         if not isinstance(self.metrics, dict) or not isinstance(self.metrics.get("accuracy"), (int, float)):

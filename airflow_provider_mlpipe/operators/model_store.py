@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_mlpipe.exceptions import ConfigError, MlpipeError
-from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
+from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
 from airflow_provider_mlpipe.runs import run_key
 
 if TYPE_CHECKING:
@@ -24,7 +23,7 @@ def _approver(approval: object) -> str | None:
     return None
 
 
-class ModelPromoteOperator(BaseOperator):
+class ModelPromoteOperator(StoreHookMixin, BaseOperator):
     """Point the store's `production` alias at `version` (compare-and-swap; the old one becomes `previous`).
 
     XCom: the new alias record (version, run, approver, accuracy, time).
@@ -59,10 +58,6 @@ class ModelPromoteOperator(BaseOperator):
         self.evaluation = evaluation
         self.training = training
 
-    @cached_property
-    def store_hook(self) -> ModelStoreHook:
-        return ModelStoreHook(self.model_store)
-
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             version = int(self.version)
@@ -86,7 +81,7 @@ class ModelPromoteOperator(BaseOperator):
         return record
 
 
-class PipelineOutcomeOperator(BaseOperator):
+class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
     """Last task of a run (trigger rule all_done): say and record how the run ended.
 
     Writes an event under the model in the store (promoted, rejected by the gate, rejected by a person,
@@ -113,10 +108,6 @@ class PipelineOutcomeOperator(BaseOperator):
         self.gate_task_id = gate_task_id
         self.approval_task_id = approval_task_id
         self.promote_task_id = promote_task_id
-
-    @cached_property
-    def store_hook(self) -> ModelStoreHook:
-        return ModelStoreHook(self.model_store)
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]

@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -24,10 +23,9 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
-from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
-from airflow_provider_mlpipe.hooks.local_process import RUNNING, LocalProcessHook
-from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
+from airflow_provider_mlpipe.hooks.local_process import RUNNING
 from airflow_provider_mlpipe.modelstore.store import check_model_name
+from airflow_provider_mlpipe.operators._hooks import RuntimeHooksMixin, StoreHookMixin
 from airflow_provider_mlpipe.runs import push_keys, run_key
 from airflow_provider_mlpipe.triggers.kubernetes_serving import KubernetesServingTrigger
 from airflow_provider_mlpipe.triggers.serving import ServingReadyTrigger
@@ -58,7 +56,7 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-class ServingDeployOperator(BaseOperator):
+class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
     """Serve `version` of `model_name` at `endpoint`; XCom: endpoint URL, version served, version replaced.
 
     :param endpoint: `staging` or `production`.
@@ -134,18 +132,6 @@ class ServingDeployOperator(BaseOperator):
         self.namespace = namespace
         if version is None and from_alias is None:
             raise ConfigError("version", version, "a model version, or from_alias to resolve one")
-
-    @cached_property
-    def store_hook(self) -> ModelStoreHook:
-        return ModelStoreHook(self.model_store)
-
-    @cached_property
-    def process_hook(self) -> LocalProcessHook:
-        return LocalProcessHook()
-
-    @cached_property
-    def kube_hook(self) -> KubernetesResourceHook:
-        return KubernetesResourceHook(self.kubernetes_conn_id, self.namespace)
 
     def _resolve_version(self) -> int | None:
         if self.version not in (None, ""):
@@ -410,7 +396,7 @@ def _int_or_none(value: object) -> int | None:
         return None
 
 
-class ServingTeardownOperator(BaseOperator):
+class ServingTeardownOperator(RuntimeHooksMixin, BaseOperator):
     """Stop an endpoint and remove what the runtime created for it. Idempotent."""
 
     template_fields: Sequence[str] = (*BaseOperator.template_fields, "endpoint", "model_name", "runtime")
@@ -432,14 +418,6 @@ class ServingTeardownOperator(BaseOperator):
         self.runtime = runtime
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
-
-    @cached_property
-    def kube_hook(self) -> KubernetesResourceHook:
-        return KubernetesResourceHook(self.kubernetes_conn_id, self.namespace)
-
-    @cached_property
-    def process_hook(self) -> LocalProcessHook:
-        return LocalProcessHook()
 
     def execute(self, context: Context) -> dict[str, Any]:
         config.check_runtime(self.runtime)

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -24,10 +23,10 @@ from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, TrainingError
 from airflow_provider_mlpipe.hooks.kubernetes import FAILED as JOB_FAILED
 from airflow_provider_mlpipe.hooks.kubernetes import SUCCEEDED as JOB_SUCCEEDED
-from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook, job_state
-from airflow_provider_mlpipe.hooks.local_process import SUCCEEDED, LocalProcessHook
-from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
+from airflow_provider_mlpipe.hooks.kubernetes import job_state
+from airflow_provider_mlpipe.hooks.local_process import SUCCEEDED
 from airflow_provider_mlpipe.modelstore.store import check_model_name
+from airflow_provider_mlpipe.operators._hooks import RuntimeHooksMixin, StoreHookMixin
 from airflow_provider_mlpipe.runs import push_keys, run_key
 from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
 from airflow_provider_mlpipe.triggers.local_process import LocalProcessTrigger
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
 
 
-class KubeTrainJobOperator(BaseOperator):
+class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
     """Train `model_name` from `image`; XCom: model URI, version and metrics.
 
     :param image: the pushed training image (reference, shown in the manifest; on Kubernetes: run).
@@ -124,18 +123,6 @@ class KubeTrainJobOperator(BaseOperator):
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
-
-    @cached_property
-    def store_hook(self) -> ModelStoreHook:
-        return ModelStoreHook(self.model_store)
-
-    @cached_property
-    def process_hook(self) -> LocalProcessHook:
-        return LocalProcessHook()
-
-    @cached_property
-    def kube_hook(self) -> KubernetesResourceHook:
-        return KubernetesResourceHook(self.kubernetes_conn_id, self.namespace)
 
     def _process_name(self, version: int) -> str:
         return f"train-{self.model_name.replace('_', '-')}-v{version}"
