@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -403,3 +404,23 @@ def test_cli_trigger_with_conf_validates_against_params(stack: AirflowStack, adm
     assert bad.returncode != 0
     assert "image" in bad.stdout + bad.stderr
     assert admin.request("GET", f"/dags/{REAL_DAG}/dagRuns/cli-bad").status_code == 404
+
+
+# ------------------------------------------------------------------------------- fault: api-server down
+def test_api_server_down_during_delivery_then_redelivered_creates_one_run(
+    stack: AirflowStack, deliver: Callable[..., requests.Response], admin: AirflowClient
+) -> None:
+    """The api-server (which hosts the webhook) is killed -9 when a push arrives: the delivery fails at
+    the connection, so ACR keeps it and redelivers. Once the api-server is back, the redelivery creates
+    the run and a further redelivery answers with the same run."""
+    body = payload(dig=digest(77))
+    stack.kill_component("api-server", signal.SIGKILL)
+    with pytest.raises(requests.ConnectionError):
+        deliver(body)
+    stack.start_component("api-server")
+    stack.wait_healthy(180)
+    first, again = deliver(body), deliver(body)
+    assert (first.status_code, again.status_code) == (201, 200), (first.text, again.text)
+    run_id = run_id_for(TEST_REPO, digest(77))
+    assert first.json()["run_id"] == again.json()["run_id"] == run_id
+    assert run_id in runs_of(admin, TEST_DAG)
