@@ -331,16 +331,22 @@ class ModelStore:
             extra=extra,
         )
         if current:
-            prev = self.get_alias(model_name, "previous")
-            self.set_alias(
-                model_name,
-                "previous",
-                current["version"],
-                expected_generation=prev["generation"] if prev else None,
-                run_id=run_id,
-                reason=f"replaced by v{version}",
-            )
+            self._set_previous(model_name, current["version"], run_id, None, f"replaced by v{version}")
         return record
+
+    def _set_previous(
+        self, model_name: str, version: int, run_id: str, approved_by: str | None, reason: str
+    ) -> dict[str, Any]:
+        prev = self.get_alias(model_name, "previous")
+        return self.set_alias(
+            model_name,
+            "previous",
+            version,
+            expected_generation=prev["generation"] if prev else None,
+            run_id=run_id,
+            approved_by=approved_by,
+            reason=reason,
+        )
 
     def rollback(
         self, model_name: str, *, run_id: str, requested_by: str | None, reason: str
@@ -368,15 +374,8 @@ class ModelStore:
         )
         # The version rolled away from becomes `previous`: retention keeps it, and a second rollback (or a
         # promote) can bring it back once it is fixed.
-        prev = self.get_alias(model_name, "previous")
-        self.set_alias(
-            model_name,
-            "previous",
-            current["version"],
-            expected_generation=prev["generation"] if prev else None,
-            run_id=run_id,
-            approved_by=requested_by,
-            reason=f"rolled back to v{target['version']}",
+        self._set_previous(
+            model_name, current["version"], run_id, requested_by, f"rolled back to v{target['version']}"
         )
         return record
 
