@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,20 @@ class AirflowStack:
         for index in range(1, self.config.celery_workers + 1):
             self.start_component(f"celery-worker-{index}")
         self.wait_healthy(timeout)
+
+    @contextlib.contextmanager
+    def running(self, dag_id: str, components: Iterable[str] = COMPONENTS) -> Iterator[AirflowStack]:
+        """Start, wait until `dag_id` is parsed and unpause it; on exit stop the local runtime's processes
+        and Airflow, whatever happened (the tests' module fixtures)."""
+        try:
+            self.start(components)
+            client = self.client(next(iter(self.config.users)))
+            client.wait_for_dag(dag_id)
+            client.unpause(dag_id)
+            yield self
+        finally:
+            self.stop_local_runtime()
+            self.stop()
 
     def start_component(self, component: str) -> subprocess.Popen[bytes]:
         """Start `component` (scheduler, triggerer, ..., or `celery-worker-N`) with its log in logs/."""

@@ -55,15 +55,8 @@ def stack(
             extra_config={"scheduler": {"task_instance_heartbeat_timeout": "20"}},
         )
     )
-    try:
-        airflow.start(components=("api-server", "scheduler", "scheduler-2", "dag-processor", "triggerer"))
-        client = airflow.client("admin")
-        client.wait_for_dag(DAG_ID)
-        client.unpause(DAG_ID)
+    with airflow.running(DAG_ID, ("api-server", "scheduler", "scheduler-2", "dag-processor", "triggerer")):
         yield airflow
-    finally:
-        airflow.stop_local_runtime()
-        airflow.stop()
 
 
 @pytest.fixture(scope="module")

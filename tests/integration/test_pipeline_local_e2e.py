@@ -60,15 +60,8 @@ def stack(
             **extra,
         )
     )
-    try:
-        airflow.start()
-        client = airflow.client("admin")
-        client.wait_for_dag(DAG_ID)
-        client.unpause(DAG_ID)
+    with airflow.running(DAG_ID):
         yield airflow
-    finally:
-        airflow.stop_local_runtime()
-        airflow.stop()
 
 
 @pytest.fixture(scope="module")
