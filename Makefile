@@ -7,7 +7,7 @@ STAMP := $(VENV)/.mlpipe-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-ui test unit integration lint clean
+.PHONY: install demo demo-ui test unit integration lint clean bench bench-%
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,10 +35,20 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+## Every benchmark (about 45 min on 2 cores); tables on screen, JSON in benchmarks/results/. REPEATS=3.
+REPEATS ?= 3
+bench: $(STAMP)
+	$(PY) -m benchmarks --repeats $(REPEATS)
+
+## One benchmark: make bench-training | bench-evaluation | bench-serving_latency | bench-orchestration |
+## bench-webhook | bench-parked
+bench-%: $(STAMP)
+	$(PY) -m benchmarks.$* --repeats $(REPEATS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy airflow_provider_mlpipe dags plugins training_image serving_image
+	$(VENV)/bin/mypy airflow_provider_mlpipe dags plugins training_image serving_image benchmarks
 
 clean:
 	rm -rf $(VENV) .airflow build *.egg-info .pytest_cache .mypy_cache .ruff_cache

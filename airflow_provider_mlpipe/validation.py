@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.retries import RetryPolicy
 
 # name -> (type, minimum, maximum); the trainer takes each as --<name with dashes>.
 HYPERPARAMETERS: dict[str, tuple[type, float, float]] = {
@@ -70,6 +71,11 @@ def check_fraction(field: str, value: object) -> float:
     return number
 
 
+def check_retry_policy(value: object) -> dict[str, int | float]:
+    """The run's in-task retry policy of transient errors, complete (missing keys take the defaults)."""
+    return RetryPolicy.from_conf(value).as_conf()
+
+
 def check_run_params(params: dict[str, Any]) -> dict[str, Any]:
     """Everything a run needs, checked before any work starts (the DAG's `validate_params` task)."""
     from airflow_provider_mlpipe import config
@@ -82,6 +88,7 @@ def check_run_params(params: dict[str, Any]) -> dict[str, Any]:
         "min_accuracy": check_fraction("min_accuracy", params.get("min_accuracy")),
         "max_regression": check_fraction("max_regression", params.get("max_regression")),
         "hyperparameters": check_hyperparameters(params.get("hyperparameters")),
+        "retry_policy": check_retry_policy(params.get("retry_policy")),
     }
     approvers = params.get("approvers")
     if (

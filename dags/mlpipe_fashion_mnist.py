@@ -20,6 +20,7 @@ from airflow_provider_mlpipe.operators.gates import AccuracyGateOperator
 from airflow_provider_mlpipe.operators.model_store import ModelPromoteOperator, PipelineOutcomeOperator
 from airflow_provider_mlpipe.operators.serving import ServingDeployOperator, ServingTeardownOperator
 from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
+from airflow_provider_mlpipe.retries import MAX_ATTEMPTS, MAX_BASE_DELAY, MAX_MAX_DELAY, RetryPolicy
 from airflow_provider_mlpipe.sensors.accuracy import AccuracySensor
 from airflow_provider_mlpipe.sensors.approval import ApprovalSensor
 
@@ -98,6 +99,19 @@ PARAMS = ParamsDict(
             description="runtime=kubernetes: training pod gpus/cpu/memory/node_selector/tolerations, "
             "serving replicas; empty: 0 GPUs, 2 CPUs, 4Gi, anywhere, 1 replica",
         ),
+        "retry_policy": Param(
+            RetryPolicy().as_conf(),
+            type="object",
+            additionalProperties=False,
+            properties={
+                "attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS},
+                "base_delay": {"type": "number", "minimum": 0, "maximum": MAX_BASE_DELAY},
+                "max_delay": {"type": "number", "minimum": 0, "maximum": MAX_MAX_DELAY},
+            },
+            description="In-task retries of transient errors (Kubernetes API, object store, serving REST "
+            "API): calls in all, first backoff and its cap in seconds; missing keys take these defaults. "
+            "Task retries are the DAG's default_args.",
+        ),
     }
 )
 
@@ -111,10 +125,14 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     default_args={
+        # Fixed for a task when its run is created: per-run overrides go through the retry_policy Param.
         "retries": 2,
         "retry_delay": timedelta(seconds=15),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
+        # The run's in-task retries of transient errors: every provider operator and sensor takes
+        # transient_retry (templated), so default_args hands it to each and to no other task.
+        "transient_retry": "{{ params.retry_policy }}",
     },
     tags=["mlpipe", "mlops"],
     doc_md=__doc__,

@@ -13,6 +13,12 @@ What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested again
 - label selectors: equality terms only; pod logs: served from `set_log`, `tailLines` honoured;
 - no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
 - `watch=True` as the Python clients send it (`True`, not `true`) is normalised, though the runtime polls.
+
+Faults (`EmulatedCluster.fail_next`, `reset_next`, `delay_next`) are injected at the HTTP layer, in front of
+kmock, for the next N requests whose method and path match: an error status with a Kubernetes Status body
+(503 with Retry-After, 429, 403, 422, ...), a connection reset (RST, no answer; optionally after the request
+took effect, as when an answer is lost on the way back), or an answer held back longer than the client's
+read timeout. `requests` lists every HTTP request received, faulted ones included.
 """
 
 from __future__ import annotations
@@ -22,12 +28,18 @@ import datetime
 import itertools
 import json
 import logging
+import re
+import socket
+import struct
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp.web
 import kmock
 
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -42,6 +54,48 @@ RESOURCES = {
 }
 
 
+# Status reasons of the API server, for the Status bodies of injected errors.
+_REASONS = {
+    400: "BadRequest",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "AlreadyExists",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+@dataclass
+class Fault:
+    """The next `remaining` requests matching `method` (None: any) and the regular expression `path`
+    (searched in the URL path) get: `kind` "status" (an error `status`, with `Retry-After: retry_after`
+    when set), "reset" (the connection is reset without an answer; with `handled` the request takes effect
+    first), or "delay" (the request takes effect and its answer waits `delay` seconds)."""
+
+    kind: str
+    remaining: int
+    method: str | None
+    path: str
+    status: int = 503
+    retry_after: int | None = None
+    message: str = ""
+    delay: float = 0.0
+    handled: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        return (
+            self.remaining > 0
+            and (self.method is None or self.method == method)
+            and re.search(self.path, path) is not None
+        )
+
+    def label(self) -> str:
+        return str(self.status) if self.kind == "status" else self.kind
+
+
 class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """kmock's stateful emulator plus what the runtime relies on (see the module docstring)."""
 
@@ -50,6 +104,52 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.calls: list[tuple[str, str, str]] = []
         self.pod_logs: dict[tuple[str, str], list[str]] = {}
         self._rv = itertools.count(1000)
+        # Every HTTP request as (method, path), faulted ones included; the faults still to serve, and
+        # how many of each kind were served ("GET 503", "POST reset", ...).
+        self.requests_seen: list[tuple[str, str]] = []
+        self.faults: list[Fault] = []
+        self.faults_served: Counter[str] = Counter()
+        self._faults_lock = threading.Lock()
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._faults_lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    fault.remaining -= 1
+                    self.faults_served[f"{method} {fault.label()}"] += 1
+                    return fault
+        return None
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        self.requests_seen.append((raw_request.method, raw_request.path))
+        fault = self._take_fault(raw_request.method, raw_request.path)
+        if fault is None:
+            return await super().__call__(raw_request)
+        if fault.kind == "status":
+            await raw_request.read()
+            reason = _REASONS.get(fault.status, "InternalError")
+            body = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": fault.message or f"{reason} (injected by the test) for {raw_request.path}",
+                "reason": reason,
+                "code": fault.status,
+            }
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            return aiohttp.web.json_response(body, status=fault.status, headers=headers)
+        if fault.kind == "reset":
+            if fault.handled:
+                await super().__call__(raw_request)
+            else:
+                await raw_request.read()
+            _reset(raw_request)
+            # Nothing can be answered on a reset connection; aiohttp drops what the handler returns.
+            return aiohttp.web.Response(status=500)
+        response = await super().__call__(raw_request)
+        await asyncio.sleep(fault.delay)
+        return response
 
     async def _handle(self, request: Any) -> Any:
         if request.params.get("watch") == "True":
@@ -106,6 +206,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             shown = lines[-tail:] if tail else lines
             return "".join(f"{line}\n" for line in shown).encode()
         return await super()._serve_fetch(request)
+
+
+def _reset(raw_request: aiohttp.web.BaseRequest) -> None:
+    """Close the connection with a TCP RST (SO_LINGER 0): the client sees "connection reset by peer"."""
+    transport = raw_request.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _fields(request: Any) -> dict[str, Any]:
@@ -177,6 +287,48 @@ class EmulatedCluster:
 
     def connection_json(self) -> str:
         return json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": self.kubeconfig()}})
+
+    # --- faults ----------------------------------------------------------------------------------------
+
+    def _add_fault(self, fault: Fault) -> Fault:
+        with self.api._faults_lock:
+            self.api.faults.append(fault)
+        return fault
+
+    def fail_next(
+        self,
+        times: int,
+        status: int = 503,
+        *,
+        method: str | None = None,
+        path: str = "",
+        retry_after: int | None = None,
+        message: str = "",
+    ) -> Fault:
+        """The next `times` matching requests are answered `status` (a Status body; the request has no
+        effect), with `Retry-After: retry_after` when given."""
+        return self._add_fault(Fault("status", times, method, path, status, retry_after, message))
+
+    def reset_next(
+        self, times: int, *, method: str | None = None, path: str = "", handled: bool = False
+    ) -> Fault:
+        """The next `times` matching requests get their connection reset instead of an answer; with
+        `handled` each takes effect first (the answer is lost on the way back)."""
+        return self._add_fault(Fault("reset", times, method, path, handled=handled))
+
+    def delay_next(self, times: int, seconds: float, *, method: str | None = None, path: str = "") -> Fault:
+        """The next `times` matching requests take effect, and their answers wait `seconds` (longer than
+        the client's read timeout, the client gives up first)."""
+        return self._add_fault(Fault("delay", times, method, path, delay=seconds, handled=True))
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """Every HTTP request received, as (method, path), faulted ones included."""
+        return list(self.api.requests_seen)
+
+    @property
+    def faults_served(self) -> Counter[str]:
+        return Counter(self.api.faults_served)
 
     # --- the test plays the controllers ---------------------------------------------------------------
 

@@ -60,7 +60,7 @@ EXIT_SIGINT = 130
 
 # Defaults chosen by measurement on 2 CPU cores with the full 60k/10k data (see the provider docs).
 DEFAULT_MODEL_NAME = "fashion_mnist"
-DEFAULT_EPOCHS = 8
+DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 0.003
 DEFAULT_SEED = 42
@@ -105,7 +105,7 @@ class TrainConfig:
         }
 
 
-ARCHITECTURE = "rescale-conv24-bn-relu-pool-conv48-bn-relu-pool-dropout0.2-dense128-dropout0.2-dense10"
+ARCHITECTURE = "rescale-conv16-bn-relu-pool-conv32-bn-relu-pool-dropout0.2-dense256-dropout0.2-dense10"
 
 
 # Flag -> environment variable. The order is the order of --help.
@@ -286,7 +286,7 @@ def _import_tensorflow(threads: int) -> Any:
 
 
 def build_model(tf: Any) -> Any:
-    """Small CNN: two conv blocks with batch norm reach ~0.91-0.92 in a couple of minutes on 2 CPU cores.
+    """Small CNN: two conv blocks with batch norm reach ~0.92 in under two minutes on 2 CPU cores.
 
     Scaling lives inside the model so the served signature takes raw 0..255 pixels (CONTRACTS.md).
     """
@@ -302,11 +302,14 @@ def build_model(tf: Any) -> Any:
     images = tf.keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="images")
     x = layers.Rescaling(1.0 / 255.0)(images)
     x = layers.Reshape((*IMAGE_SHAPE, 1))(x)
-    x = conv_block(x, 24)
-    x = conv_block(x, 48)
+    # Narrow convolutions and a wide dense layer: on 2 CPU cores the 14x14 convolution is most of the
+    # cost, while the dense layer buys accuracy cheaply (benchmarks/README: 24/48 filters with 128 dense
+    # units reached 0.917 in ~140 s; 16/32 with 256 reach 0.92 in under 120 s).
+    x = conv_block(x, 16)
+    x = conv_block(x, 32)
     x = layers.Flatten()(x)
     x = layers.Dropout(0.2)(x)
-    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dense(256, activation="relu")(x)
     x = layers.Dropout(0.2)(x)
     probabilities = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
     return tf.keras.Model(images, probabilities, name="fashion_mnist_cnn")
@@ -408,6 +411,7 @@ def train_and_publish(config: TrainConfig) -> int:
         optimizer=tf.keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        steps_per_execution=32,
     )
     log.info(
         "training model=%s version=%d epochs=%d batch_size=%d learning_rate=%g params=%d tensorflow=%s",
@@ -420,14 +424,13 @@ def train_and_publish(config: TrainConfig) -> int:
         tf.__version__,
     )
     started = time.monotonic()
-    # The test split is only watched per epoch (no early stopping or model selection), so it cannot
-    # bias the reported accuracy.
+    # No per-epoch pass over the test set: it cost ~5% of the training time, and the test set is scored
+    # once, after training, for the metrics (so it cannot bias any choice made during training either).
     history = model.fit(
         data.x_train.astype("float32"),
         data.y_train,
         batch_size=config.batch_size,
         epochs=config.epochs,
-        validation_data=(data.x_test.astype("float32"), data.y_test),
         verbose=0,
         callbacks=[_epoch_logger(tf, config.epochs)],
     )

@@ -3,13 +3,19 @@
 Objects travel as plain JSON dicts (camelCase, as the API serves them), not as the client's model classes:
 the manifests are built as dicts (`airflow_provider_mlpipe.manifests`) and status is read from dicts, so
 nothing is lost or renamed on the way. The module-level functions interpret status and do no I/O.
+
+Every API call runs under a `retries.RetryPolicy`: transient failures (no answer, a reset connection, a
+timeout, 408/429/5xx) are retried with capped exponential backoff, then reported as a KubernetesRuntimeError
+naming the object, the attempts and the last error; permanent ones (403 Forbidden, 404 on an object that
+must exist, 422 Invalid, ...) fail on the first attempt, naming the object and the API's reason. Loading
+the connection registers the kubeconfig and the credentials in it with Airflow's secrets masker.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -18,6 +24,13 @@ from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlpipe import config
 from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError
+from airflow_provider_mlpipe.retries import (
+    RetriesExhausted,
+    RetryPolicy,
+    call_with_retry,
+    call_with_retry_async,
+    describe,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -58,26 +71,98 @@ def _patch_content_type(patch: list[Any] | dict[str, Any]) -> str:
     return JSON_PATCH if isinstance(patch, list) else MERGE_PATCH
 
 
+# Seconds to wait for the answer to one API call (the provider's default too): a half-open connection must
+# fail the attempt, not hang the task.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+# Keys of a kubeconfig whose values are credentials: token (and access-, id-, refresh-token), password,
+# client-key-data, an auth provider's client-secret.
+_CREDENTIAL_MARKERS = ("token", "password", "secret", "key-data")
+
+
+def kube_connection_secrets(extras: Mapping[str, Any]) -> list[str]:
+    """What of a `kubernetes` connection's extras must never reach a log: an inline kubeconfig as stored
+    (YAML or JSON text, or the dict as the provider writes it out) and every credential inside it.
+
+    Airflow masks extras by key name only, and `kube_config` is not a sensitive name: the token in a
+    kubeconfig given as text would be shown in clear wherever it is logged on its own.
+    """
+    import yaml
+
+    found: list[str] = []
+    for key, value in extras.items():
+        bare = str(key).removeprefix("extra__kubernetes__")
+        if bare == "kube_config" and value:
+            if isinstance(value, str):
+                found.append(value)
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    continue
+            else:
+                found.append(json.dumps(value))
+            found.extend(_credentials(value))
+        elif isinstance(value, str) and any(marker in bare.lower() for marker in _CREDENTIAL_MARKERS):
+            found.append(value)
+    return [secret for secret in found if secret]
+
+
+def _credentials(node: Any, key: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [secret for k, v in node.items() for secret in _credentials(v, str(k))]
+    if isinstance(node, list):
+        return [secret for item in node for secret in _credentials(item, key)]
+    if isinstance(node, str) and any(marker in key.lower() for marker in _CREDENTIAL_MARKERS):
+        return [node]
+    return []
+
+
 class KubernetesResourceHook(BaseHook):
     """Create, adopt, read, patch and delete namespaced objects, and read pod logs (synchronous).
 
     :param conn_id: the `kubernetes` connection (in-cluster, or a kubeconfig); `[mlpipe]
         kubernetes_conn_id` by default.
     :param namespace: default `[mlpipe] kubernetes_namespace`, else the connection's, else `mlpipe`.
+    :param retry: how transient API errors are retried; default `RetryPolicy()`.
+    :param request_timeout: seconds to wait for the answer to each API call.
     """
 
     hook_name = "MLPipe Kubernetes resources"
 
-    def __init__(self, conn_id: str | None = None, namespace: str | None = None) -> None:
+    def __init__(
+        self,
+        conn_id: str | None = None,
+        namespace: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
         super().__init__()
         self.conn_id = conn_id
         self._namespace = namespace
+        self.retry = retry or RetryPolicy()
+        self.request_timeout = request_timeout
 
     @cached_property
     def kube(self) -> KubernetesHook:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+        from airflow.sdk.log import mask_secret
 
-        return KubernetesHook(conn_id=self.conn_id or config.kubernetes_conn_id())
+        hook = KubernetesHook(conn_id=self.conn_id or config.kubernetes_conn_id())
+        for secret in kube_connection_secrets(hook.conn_extras):
+            mask_secret(secret)
+        return hook
+
+    @cached_property
+    def api_client(self) -> Any:
+        from kubernetes.client.rest import RESTClientObject
+
+        api_client = self.kube.api_client
+        # urllib3 would retry a failed connection three more times on its own, silently and without
+        # backoff: switched off (on this client's own copy of the configuration), every attempt is one of
+        # the policy's, so the number of requests a fault costs is the policy's.
+        api_client.configuration.retries = False
+        api_client.rest_client = RESTClientObject(api_client.configuration)
+        return api_client
 
     @cached_property
     def namespace(self) -> str:
@@ -91,20 +176,41 @@ class KubernetesResourceHook(BaseHook):
         from kubernetes import client
 
         api_name, suffix = _api_name(kind)
-        return getattr(client, api_name)(api_client=self.kube.api_client), suffix
+        return getattr(client, api_name)(api_client=self.api_client), suffix
 
-    @staticmethod
-    def _json(resp: Any) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(resp.data or b"{}")
-        return data
+    def _what(self, verb: str, kind: str, name: str) -> str:
+        return f"{verb} {kind} {self.namespace}/{name}"
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        passthrough: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> bytes:
+        """`fn(*args, **kwargs)` under the retry policy; the response body.
+
+        An ApiException whose status is in `passthrough` (404 on a read, 409 on a create) is re-raised for
+        the caller to handle; any other failure becomes a KubernetesRuntimeError naming `what`.
+        """
         from kubernetes.client.exceptions import ApiException
 
+        def attempt() -> bytes:
+            resp = fn(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
+            # Read inside the attempt: a connection that breaks in the middle of the body is retried too.
+            data = bytes(resp.data or b"")
+            resp.release_conn()
+            return data
+
         try:
-            return fn(*args, _preload_content=False, **kwargs)
+            return call_with_retry(attempt, policy=self.retry, what=what)
+        except RetriesExhausted as exhausted:
+            raise KubernetesRuntimeError(
+                f"{what} failed after {exhausted.attempts} attempts: {_describe(exhausted.last)}"
+            ) from exhausted.last
         except ApiException as err:
-            if err.status in (404, 409):
+            if err.status in passthrough:
                 raise
             raise KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}") from None
 
@@ -113,19 +219,23 @@ class KubernetesResourceHook(BaseHook):
 
         api, suffix = self._api(kind)
         try:
-            return self._json(
-                self._call(f"GET {kind} {name}", getattr(api, f"read_{suffix}"), name, self.namespace)
+            data = self._call(
+                self._what("GET", kind, name),
+                getattr(api, f"read_{suffix}"),
+                name,
+                self.namespace,
+                passthrough=(404,),
             )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        except ApiException:
+            return None
+        return _json(data)
 
     def create_or_adopt(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create `body`, or return the object of that name that already exists. Returns (object, created).
 
-        GET first (the usual retry case costs no failed write); 409 on create means another attempt won
-        the race, and its object is the one to adopt.
+        GET first (the usual retry case costs no failed write). 409 AlreadyExists on create means that
+        another attempt won the race, or that this create landed and its answer was lost (a POST retried
+        after a reset or a timeout): either way the object of that name is the one to adopt.
         """
         from kubernetes.client.exceptions import ApiException
 
@@ -136,27 +246,37 @@ class KubernetesResourceHook(BaseHook):
             return existing, False
         api, suffix = self._api(kind)
         try:
-            created = self._json(
-                self._call(f"create {kind} {name}", getattr(api, f"create_{suffix}"), self.namespace, body)
+            created = _json(
+                self._call(
+                    self._what("create", kind, name),
+                    getattr(api, f"create_{suffix}"),
+                    self.namespace,
+                    body,
+                    passthrough=(409,),
+                )
             )
-        except ApiException as err:
-            if err.status != 409:
-                raise
+        except ApiException:
             adopted = self.get(kind, name)
             if adopted is None:
                 raise KubernetesRuntimeError(
-                    f"{kind} {name} conflicted on create but cannot be read"
+                    f"{kind} {self.namespace}/{name} conflicted on create (409) but cannot be read"
                 ) from None
-            self.log.info("%s %s/%s was created concurrently: adopting it", kind, self.namespace, name)
+            self.log.info(
+                "%s %s/%s already exists (created by a concurrent attempt, or by this one before its answer "
+                "was lost): adopting it",
+                kind,
+                self.namespace,
+                name,
+            )
             return adopted, False
         self.log.info("Created %s %s/%s", kind, self.namespace, name)
         return created, True
 
     def patch(self, kind: str, name: str, patch: list[Any] | dict[str, Any]) -> dict[str, Any]:
         api, suffix = self._api(kind)
-        return self._json(
+        return _json(
             self._call(
-                f"patch {kind} {name}",
+                self._what("patch", kind, name),
                 getattr(api, f"patch_{suffix}"),
                 name,
                 self.namespace,
@@ -172,16 +292,15 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         try:
             self._call(
-                f"delete {kind} {name}",
+                self._what("delete", kind, name),
                 getattr(api, f"delete_{suffix}"),
                 name,
                 self.namespace,
                 body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
+                passthrough=(404,),
             )
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
+        except ApiException:
+            return False
         self.log.info("Deleted %s %s/%s (propagation %s)", kind, self.namespace, name, propagation)
         return True
 
@@ -196,9 +315,12 @@ class KubernetesResourceHook(BaseHook):
 
     def list_pods(self, selector: str) -> list[dict[str, Any]]:
         api, _ = self._api("Pod")
-        body = self._json(
+        body = _json(
             self._call(
-                f"list pods {selector}", api.list_namespaced_pod, self.namespace, label_selector=selector
+                f"list Pods in {self.namespace} with labels {selector}",
+                api.list_namespaced_pod,
+                self.namespace,
+                label_selector=selector,
             )
         )
         return list(body.get("items") or [])
@@ -213,23 +335,44 @@ class KubernetesResourceHook(BaseHook):
         if tail_lines:
             kwargs["tail_lines"] = tail_lines
         try:
-            resp = self._call(
-                f"log of pod {name}", api.read_namespaced_pod_log, name, self.namespace, **kwargs
+            data = self._call(
+                self._what("read the log of", "Pod", name),
+                api.read_namespaced_pod_log,
+                name,
+                self.namespace,
+                # A pod still pulling its image has no log yet (400), a deleted one none at all (404).
+                passthrough=(400, 404),
+                **kwargs,
             )
         except ApiException:
             return []
-        return bytes(resp.data or b"").decode(errors="replace").splitlines()
+        return data.decode(errors="replace").splitlines()
 
 
 class AsyncKubernetesResourceHook(BaseHook):
-    """The reads and deletes the triggers need, on the triggerer's event loop (AsyncKubernetesHook)."""
+    """The reads and deletes the triggers need, on the triggerer's event loop (AsyncKubernetesHook).
+
+    :param retry: how transient API errors are retried; default `RetryPolicy()` (its waits never block
+        the loop).
+    :param request_timeout: seconds to wait for the answer to each API call.
+    """
 
     hook_name = "MLPipe Kubernetes resources (async)"
 
-    def __init__(self, conn_id: str, namespace: str) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        namespace: str,
+        *,
+        retry: RetryPolicy | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
         super().__init__()
         self.conn_id = conn_id
         self.namespace = namespace
+        self.retry = retry or RetryPolicy()
+        self.request_timeout = request_timeout
+        self._masked = False
 
     @cached_property
     def kube(self) -> AsyncKubernetesHook:
@@ -237,96 +380,139 @@ class AsyncKubernetesResourceHook(BaseHook):
 
         return AsyncKubernetesHook(conn_id=self.conn_id)
 
+    async def _mask_connection_secrets(self) -> None:
+        if self._masked:
+            return
+        # amask_secret: the synchronous variant would block the triggerer's loop on its supervisor.
+        from airflow.sdk.log import amask_secret
+
+        for secret in kube_connection_secrets(await self.kube.get_conn_extras()):
+            await amask_secret(secret)
+        self._masked = True
+
     @asynccontextmanager
     async def _api(self, kind: str) -> AsyncIterator[tuple[Any, str]]:
         from kubernetes_asyncio import client
 
         api_name, suffix = _api_name(kind)
+        await self._mask_connection_secrets()
         async with self.kube.get_conn() as api_client:
+            # aiohttp silently resends an idempotent request once when its connection breaks (RFC 9112
+            # 9.3.1): switched off, as aiohttp's own test client does, every attempt is one of the policy's.
+            session: Any = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
+            if hasattr(session, "_retry_connection"):
+                session._retry_connection = False
             yield getattr(client, api_name)(api_client), suffix
 
-    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any | None:
-        """The raw response, or None on 404. kubernetes_asyncio raises on errors only when it decodes the
-        body; with `_preload_content=False` the status is ours to check."""
+    def _what(self, verb: str, kind: str, name: str) -> str:
+        return f"{verb} {kind} {self.namespace}/{name}"
+
+    async def _call(
+        self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> bytes | None:
+        """`fn(*args, **kwargs)` under the retry policy: the response body, or None on 404.
+
+        kubernetes_asyncio raises on an error status only when it decodes the body itself; with
+        `_preload_content=False` the status is ours to check, and an error status is raised as the
+        client's ApiException so that the one classifier judges both clients alike.
+        """
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        async def attempt() -> bytes | None:
+            resp = await fn(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
+            try:
+                if resp.status == 404:
+                    return None
+                # Read inside the attempt: a connection that breaks in the middle of the body is retried.
+                body = bytes(await resp.read())
+                if resp.status >= 400:
+                    err = ApiException(status=resp.status, reason=resp.reason)
+                    err.body, err.headers = body, resp.headers
+                    raise err
+                return body
+            finally:
+                resp.release()
+
         try:
-            resp = await fn(*args, _preload_content=False, **kwargs)
+            return await call_with_retry_async(attempt, policy=self.retry, what=what)
+        except RetriesExhausted as exhausted:
+            raise KubernetesRuntimeError(
+                f"{what} failed after {exhausted.attempts} attempts: {_describe(exhausted.last)}"
+            ) from exhausted.last
         except ApiException as err:
             if err.status == 404:
                 return None
             raise KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}") from None
-        if resp.status == 404:
-            resp.release()
-            return None
-        if resp.status >= 400:
-            body = await resp.text()
-            raise KubernetesRuntimeError(f"{what} failed: HTTP {resp.status} {_body_reason(body)}")
-        return resp
 
     async def get(self, kind: str, name: str) -> dict[str, Any] | None:
         async with self._api(kind) as (api, suffix):
-            resp = await self._call(
-                f"GET {kind} {name}", getattr(api, f"read_{suffix}"), name, self.namespace
+            data = await self._call(
+                self._what("GET", kind, name), getattr(api, f"read_{suffix}"), name, self.namespace
             )
-            if resp is None:
-                return None
-            data: dict[str, Any] = json.loads(await resp.read() or b"{}")
-            return data
+        return None if data is None else _json(data)
 
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         async with self._api("Pod") as (api, _):
-            resp = await self._call(
-                f"list pods {selector}", api.list_namespaced_pod, self.namespace, label_selector=selector
+            data = await self._call(
+                f"list Pods in {self.namespace} with labels {selector}",
+                api.list_namespaced_pod,
+                self.namespace,
+                label_selector=selector,
             )
-            if resp is None:
-                return []
-            return list(json.loads(await resp.read() or b"{}").get("items") or [])
+        return [] if data is None else list(_json(data).get("items") or [])
 
     async def pod_log(self, name: str, *, tail_lines: int | None = None) -> list[str]:
         kwargs: dict[str, Any] = {"tail_lines": tail_lines} if tail_lines else {}
         async with self._api("Pod") as (api, _):
             try:
-                resp = await self._call(
-                    f"log of pod {name}", api.read_namespaced_pod_log, name, self.namespace, **kwargs
+                data = await self._call(
+                    self._what("read the log of", "Pod", name),
+                    api.read_namespaced_pod_log,
+                    name,
+                    self.namespace,
+                    **kwargs,
                 )
             except KubernetesRuntimeError:
                 # A pod still pulling its image has no log yet (400): not worth failing the wait.
                 return []
-            if resp is None:
-                return []
-            return bytes(await resp.read()).decode(errors="replace").splitlines()
+        return [] if data is None else data.decode(errors="replace").splitlines()
 
     async def delete(self, kind: str, name: str, *, propagation: str = "Foreground") -> bool:
         async with self._api(kind) as (api, suffix):
-            resp = await self._call(
-                f"delete {kind} {name}",
+            data = await self._call(
+                self._what("delete", kind, name),
                 getattr(api, f"delete_{suffix}"),
                 name,
                 self.namespace,
                 body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
             )
-            if resp is None:
-                return False
-            resp.release()
+        if data is None:
+            return False
         self.log.info("Deleted %s %s/%s (propagation %s)", kind, self.namespace, name, propagation)
         return True
 
 
-def _body_reason(body: str) -> str:
-    try:
-        data = json.loads(body or "{}")
-    except ValueError:
-        return body[:200]
-    return f"{data.get('reason', '')}: {data.get('message', '')}".strip(": ")
+def _json(data: bytes) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(data or b"{}")
+    return parsed
 
 
 def _api_reason(err: Any) -> str:
+    """`Reason: message` of an API error, from its Status body when there is one."""
     try:
         body = json.loads(err.body or "{}")
     except (TypeError, ValueError):
         return str(err.reason or "")
-    return f"{body.get('reason') or err.reason}: {body.get('message') or ''}".strip()
+    if not isinstance(body, dict):
+        return str(err.reason or "")
+    return f"{body.get('reason') or err.reason}: {body.get('message') or ''}".strip(": ")
+
+
+def _describe(err: BaseException) -> str:
+    status = getattr(err, "status", None)
+    if isinstance(status, int) and status > 0 and hasattr(err, "body"):
+        return f"HTTP {status} {_api_reason(err)}"
+    return describe(err)
 
 
 # --- status interpretation (pure) ---------------------------------------------------------------------

@@ -10,6 +10,8 @@ reuses it as it is:
 - extra `auth_type`, when present, must be `AK` (the only type the Alibaba provider supports too).
 
 Without that connection the hook falls back to the OSS_* environment variables, as the containers do.
+Either way the AccessKey secret is registered with Airflow's secrets masker as soon as it is read, so a task
+log shows `***` wherever it would appear.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from airflow_provider_mlpipe.modelstore import ModelStore, open_store
 
 if TYPE_CHECKING:
     from airflow_provider_mlpipe.modelstore.oss import OssCredentials
+    from airflow_provider_mlpipe.retries import RetryPolicy
 
 
 class ModelStoreHook(BaseHook):
-    """Open the store at `store_uri` (default: `[mlpipe] model_store`, a local directory)."""
+    """Open the store at `store_uri` (default: `[mlpipe] model_store`, a local directory).
+
+    :param retry: how transient object-store errors are retried (default `RetryPolicy()`).
+    """
 
     conn_name_attr = "oss_conn_id"
     default_conn_name = "oss_default"
@@ -37,10 +43,16 @@ class ModelStoreHook(BaseHook):
     conn_type = "oss"
     hook_name = "MLPipe model store"
 
-    def __init__(self, store_uri: str | None = None, oss_conn_id: str = default_conn_name) -> None:
+    def __init__(
+        self,
+        store_uri: str | None = None,
+        oss_conn_id: str = default_conn_name,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         super().__init__()
         self.store_uri = store_uri or None
         self.oss_conn_id = oss_conn_id
+        self.retry = retry
 
     @property
     def uri(self) -> str:
@@ -50,11 +62,21 @@ class ModelStoreHook(BaseHook):
     def store(self) -> ModelStore:
         uri = self.uri
         if uri.startswith("oss://"):
-            return open_store(uri, credentials=self.oss_credentials())
+            return open_store(uri, credentials=self.oss_credentials(), retry=self.retry)
         return open_store(uri)
 
     def oss_credentials(self) -> OssCredentials:
-        """Credentials from connection `oss_conn_id`, else from the OSS_* environment variables."""
+        """Credentials from connection `oss_conn_id`, else from the OSS_* environment variables; the secret
+        is masked in task logs from here on."""
+        from airflow.sdk.log import mask_secret
+
+        credentials = self._read_oss_credentials()
+        # Airflow masks a connection's extras by key name, but not a secret taken from the environment,
+        # nor the value once it travels on its own (in the child environment, in an error): mask it here.
+        mask_secret(credentials.access_key_secret)
+        return credentials
+
+    def _read_oss_credentials(self) -> OssCredentials:
         from airflow_provider_mlpipe.modelstore.oss import OssCredentials
 
         try:

@@ -8,8 +8,9 @@ so the training container and the serving fetch step need no Airflow.
   exists, which is the compare-and-swap the store's reservations and alias histories rely on.
 - Files go through `oss2.resumable_upload` (multipart above a threshold, every part CRC64-checked) and come
   back through `oss2.resumable_download` / GetObject with the CRC64 of the whole object checked.
-- Transient failures (5xx, 429, network, CRC mismatch in flight) are retried by `retry.call_with_retry`;
-  403 and missing buckets fail at once. Every error names the bucket and the key.
+- Transient failures (5xx, 429, network, timeouts, CRC mismatch in flight; `retries.is_transient` decides)
+  are retried under a `retries.RetryPolicy`; 403 and missing buckets fail at once. Every error names the
+  bucket and the key.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from airflow_provider_mlpipe.exceptions import (
     StoreNotFound,
     StoreUnavailable,
 )
-from airflow_provider_mlpipe.modelstore.retry import RetriesExhausted, RetryPolicy, call_with_retry
+from airflow_provider_mlpipe.retries import RetriesExhausted, RetryPolicy, call_with_retry, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 MIN_PART_SIZE = 100 * 1024  # OSS refuses smaller parts (except the last one)
 _FORBID_OVERWRITE = {"x-oss-forbid-overwrite": "true"}
-_TRANSIENT_CODES = frozenset({"RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "SlowDown"})
 
 
 @dataclass(frozen=True)
@@ -131,17 +131,6 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     return value
 
 
-def is_transient(exc: BaseException) -> bool:
-    import oss2
-
-    if isinstance(exc, oss2.exceptions.RequestError | oss2.exceptions.InconsistentError):
-        return True  # connection reset / timeout, or bytes damaged in flight (CRC64 mismatch)
-    if isinstance(exc, oss2.exceptions.ServerError):
-        status = int(exc.status)
-        return status >= 500 or status == 429 or exc.code in _TRANSIENT_CODES
-    return isinstance(exc, ConnectionError | TimeoutError)
-
-
 class OssBackend:
     """Keys are `<prefix>/<key>` in one bucket. Objects are immutable except the few the store overwrites
     on purpose (manifest and marker of a version being published, event records)."""
@@ -203,9 +192,7 @@ class OssBackend:
         import oss2
 
         try:
-            return call_with_retry(
-                fn, policy=self.retry, is_transient=is_transient, what=f"{what} {self._where(full_key)}"
-            )
+            return call_with_retry(fn, policy=self.retry, what=f"{what} {self._where(full_key)}")
         except RetriesExhausted as exhausted:
             raise StoreUnavailable(
                 f"{what} {self._where(full_key)} (bucket {self.bucket_name!r}, key {full_key!r}, endpoint "

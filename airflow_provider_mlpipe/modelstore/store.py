@@ -18,6 +18,7 @@ from airflow_provider_mlpipe.modelstore.backends import Backend, FileBackend
 
 if TYPE_CHECKING:
     from airflow_provider_mlpipe.modelstore.oss import OssCredentials
+    from airflow_provider_mlpipe.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,14 @@ def published_versions_in_dir(base: Path) -> list[int]:
     )
 
 
-def open_store(uri: str, *, credentials: OssCredentials | None = None) -> ModelStore:
+def open_store(
+    uri: str, *, credentials: OssCredentials | None = None, retry: RetryPolicy | None = None
+) -> ModelStore:
     """Open a store from `file:///abs/path`, a plain path, or `oss://bucket/prefix`.
 
     For oss:// the credentials come from `credentials` (the Airflow hook passes the connection's) or from
-    the OSS_* environment variables (containers).
+    the OSS_* environment variables (containers), and `retry` is how transient OSS errors are retried
+    (default: `RetryPolicy()`).
     """
     if not uri or not isinstance(uri, str):
         raise ConfigError("model_store", uri, "a store URI such as file:///var/mlpipe/models or a path")
@@ -82,7 +86,7 @@ def open_store(uri: str, *, credentials: OssCredentials | None = None) -> ModelS
         from airflow_provider_mlpipe.modelstore.oss import OssBackend, OssCredentials, parse_oss_uri
 
         bucket, prefix = parse_oss_uri(uri)
-        return ModelStore(OssBackend(bucket, prefix, credentials or OssCredentials.from_env()))
+        return ModelStore(OssBackend(bucket, prefix, credentials or OssCredentials.from_env(), retry=retry))
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         # file:// URIs percent-encode (Path.as_uri() writes a space as %20): decode to round-trip them.

@@ -42,6 +42,8 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
 
     The decision (with its reason and the production figure it was compared with) is pushed as XCom
     key `decision`.
+
+    :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
     template_fields: Sequence[str] = (
@@ -51,6 +53,7 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         "max_regression",
         "model_name",
         "model_store",
+        "transient_retry",
     )
 
     def __init__(
@@ -63,6 +66,7 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         fail_task_id: str,
         model_name: str = "fashion_mnist",
         model_store: str | None = None,
+        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -73,6 +77,7 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         self.fail_task_id = fail_task_id
         self.model_name = model_name
         self.model_store = model_store
+        self.transient_retry = transient_retry
 
     def choose_branch(self, context: Context) -> str | Iterable[str]:
         if not isinstance(self.metrics, dict) or not isinstance(self.metrics.get("accuracy"), (int, float)):

@@ -27,6 +27,8 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
     """Point the store's `production` alias at `version` (compare-and-swap; the old one becomes `previous`).
 
     XCom: the new alias record (version, run, approver, accuracy, time).
+
+    :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
     template_fields: Sequence[str] = (
@@ -37,6 +39,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         "approval",
         "evaluation",
         "training",
+        "transient_retry",
     )
 
     def __init__(
@@ -48,6 +51,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         approval: dict[str, Any] | Any = None,
         evaluation: dict[str, Any] | Any = None,
         training: dict[str, Any] | Any = None,
+        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,6 +61,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         self.approval = approval
         self.evaluation = evaluation
         self.training = training
+        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         try:
@@ -86,9 +91,16 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
 
     Writes an event under the model in the store (promoted, rejected by the gate, rejected by a person,
     failed) and fails itself when any step failed, so the run's state tells the truth.
+
+    :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
-    template_fields: Sequence[str] = (*BaseOperator.template_fields, "model_name", "model_store")
+    template_fields: Sequence[str] = (
+        *BaseOperator.template_fields,
+        "model_name",
+        "model_store",
+        "transient_retry",
+    )
 
     def __init__(
         self,
@@ -99,6 +111,7 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
         gate_task_id: str = "accuracy_gate",
         approval_task_id: str = "approval",
         promote_task_id: str = "promote_model",
+        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,6 +121,7 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
         self.gate_task_id = gate_task_id
         self.approval_task_id = approval_task_id
         self.promote_task_id = promote_task_id
+        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]

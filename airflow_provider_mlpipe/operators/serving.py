@@ -74,6 +74,8 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         (ClusterIP for staging, LoadBalancer for production).
     :param service_annotations: Kubernetes: e.g. the cloud's load balancer settings.
     :param kubernetes_conn_id: / :param namespace: as for KubeTrainJobOperator.
+    :param transient_retry: in-task retries of transient errors (Kubernetes API, object store), as for
+        KubeTrainJobOperator; the trigger gets it too.
     """
 
     template_fields: Sequence[str] = (
@@ -85,6 +87,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         "model_store",
         "replicas",
         "service_annotations",
+        "transient_retry",
     )
     ui_color = "#d5f5e3"
 
@@ -109,6 +112,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         service_annotations: dict[str, str] | None = None,
         kubernetes_conn_id: str | None = None,
         namespace: str | None = None,
+        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -130,6 +134,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         self.service_annotations = service_annotations or {}
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
+        self.transient_retry = transient_retry
         if version is None and from_alias is None:
             raise ConfigError("version", version, "a model version, or from_alias to resolve one")
 
@@ -155,6 +160,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_if_guarded_task_never_ran(context)
         config.check_runtime(self.runtime)
+        self.transient_retry_policy  # noqa: B018  (a bad transient_retry fails here, before any work)
         check_model_name(self.model_name)
         name = endpoint_name(self.endpoint, self.model_name, context)
         version = self._resolve_version()
@@ -334,6 +340,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
                 wait_for_address=wait_for_address,
                 timeout_at=time.time() + timeout.total_seconds(),
                 poll_interval=self.poll_interval,
+                transient_retry=self.transient_retry_policy.as_conf(),
             ),
             method_name="execute_complete_kubernetes",
             kwargs={"name": name, "namespace": hook.namespace, "version": version, "previous": previous},
@@ -397,9 +404,18 @@ def _int_or_none(value: object) -> int | None:
 
 
 class ServingTeardownOperator(RuntimeHooksMixin, BaseOperator):
-    """Stop an endpoint and remove what the runtime created for it. Idempotent."""
+    """Stop an endpoint and remove what the runtime created for it. Idempotent.
 
-    template_fields: Sequence[str] = (*BaseOperator.template_fields, "endpoint", "model_name", "runtime")
+    :param transient_retry: in-task retries of transient Kubernetes API errors, as for KubeTrainJobOperator.
+    """
+
+    template_fields: Sequence[str] = (
+        *BaseOperator.template_fields,
+        "endpoint",
+        "model_name",
+        "runtime",
+        "transient_retry",
+    )
     ui_color = "#fadbd8"
 
     def __init__(
@@ -410,6 +426,7 @@ class ServingTeardownOperator(RuntimeHooksMixin, BaseOperator):
         runtime: str = "local",
         kubernetes_conn_id: str | None = None,
         namespace: str | None = None,
+        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -418,6 +435,7 @@ class ServingTeardownOperator(RuntimeHooksMixin, BaseOperator):
         self.runtime = runtime
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
+        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         config.check_runtime(self.runtime)

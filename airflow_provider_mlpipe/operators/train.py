@@ -58,6 +58,9 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
     :param ttl_seconds_after_finished: Kubernetes: how long a finished Job is kept for inspection.
     :param kubernetes_conn_id: / :param namespace: Kubernetes: default `[mlpipe] kubernetes_conn_id`,
         `[mlpipe] kubernetes_namespace` (else the connection's namespace, else `mlpipe`).
+    :param transient_retry: in-task retries of transient errors (Kubernetes API, object store), e.g.
+        {"attempts": 8, "base_delay": 0.5, "max_delay": 60}; None: `RetryPolicy()`. The trigger gets it too.
+        (The DAG passes its `retry_policy` Param; Airflow's own `retry_policy` argument is another thing.)
     """
 
     template_fields: Sequence[str] = (
@@ -74,6 +77,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         "memory",
         "node_selector",
         "tolerations",
+        "transient_retry",
     )
     ui_color = "#d6eaf8"
 
@@ -98,6 +102,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         ttl_seconds_after_finished: int = 24 * 3600,
         kubernetes_conn_id: str | None = None,
         namespace: str | None = None,
+        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -123,6 +128,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
+        self.transient_retry = transient_retry
 
     def _process_name(self, version: int) -> str:
         return f"train-{self.model_name.replace('_', '-')}-v{version}"
@@ -147,6 +153,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         config.check_runtime(self.runtime)
+        self.transient_retry_policy  # noqa: B018  (a bad transient_retry fails here, before any work)
         check_image(self.image)
         check_digest(self.digest)
         check_model_name(self.model_name)
@@ -268,6 +275,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
                 # activeDeadlineSeconds ends the Job first; this catches a Job stuck without a verdict.
                 timeout_at=time.time() + self.training_timeout.total_seconds() + 600,
                 poll_interval=self.poll_interval,
+                transient_retry=self.transient_retry_policy.as_conf(),
             ),
             method_name="execute_complete_kubernetes",
             kwargs={"version": version, "job_name": name, "namespace": hook.namespace},

@@ -10,6 +10,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
 from airflow_provider_mlpipe.hooks.serving import ServingHook
+from airflow_provider_mlpipe.retries import RetryPolicy
 from airflow_provider_mlpipe.validation import check_fraction
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class AccuracySensor(BaseSensorOperator):
     :param min_accuracy: if set, fail when accuracy is below it.
     :param baseline_accuracy: if set, fail when accuracy is below `baseline_accuracy - tolerance`
         (production verification against the staging score).
+    :param transient_retry: how the REST client retries transient failures before this poke fails, e.g.
+        {"attempts": 8, "base_delay": 0.5, "max_delay": 60}; None: `RetryPolicy()`.
     """
 
     template_fields: Sequence[str] = (
@@ -52,6 +55,7 @@ class AccuracySensor(BaseSensorOperator):
         "sample_size",
         "min_accuracy",
         "baseline_accuracy",
+        "transient_retry",
     )
     ui_color = "#fcf3cf"
 
@@ -63,11 +67,11 @@ class AccuracySensor(BaseSensorOperator):
         version: int | str | XComArg | None = None,
         dataset: str | None = None,
         sample_size: int | str = 0,
-        batch_size: int = 1000,
+        batch_size: int = 500,
         min_accuracy: float | str | None = None,
         baseline_accuracy: float | str | XComArg | None = None,
         tolerance: float = 0.05,
-        request_retries: int = 3,
+        transient_retry: dict[str, Any] | str | None = None,
         poke_interval: float = 5.0,
         timeout: float = timedelta(minutes=15).total_seconds(),
         mode: str = "reschedule",
@@ -85,7 +89,7 @@ class AccuracySensor(BaseSensorOperator):
         self.min_accuracy = min_accuracy
         self.baseline_accuracy = baseline_accuracy
         self.tolerance = tolerance
-        self.request_retries = request_retries
+        self.transient_retry = transient_retry
 
     def _test_set(self) -> tuple[np.ndarray, np.ndarray]:
         import numpy as np
@@ -113,7 +117,9 @@ class AccuracySensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue | bool:
         url = _endpoint_url(self.endpoint_url)
         version = int(self.version) if self.version not in (None, "") else None  # type: ignore[arg-type]
-        hook = ServingHook(url, self.model_name, retries=self.request_retries)
+        hook = ServingHook(
+            url, self.model_name, retry=RetryPolicy.from_conf(self.transient_retry, "transient_retry")
+        )
         available = hook.available_versions()
         if not available or (version is not None and version not in available):
             self.log.info(

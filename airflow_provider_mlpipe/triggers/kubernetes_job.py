@@ -18,6 +18,7 @@ from airflow_provider_mlpipe.hooks.kubernetes import (
     newest_pod,
     pod_problems,
 )
+from airflow_provider_mlpipe.retries import RetryPolicy
 
 TAIL_LINES = 20
 
@@ -30,6 +31,8 @@ class KubernetesJobTrigger(BaseTrigger):
 
     :param log_pod: / :param log_offset: the pod whose log was being copied and how many of its lines
         were shown, so a restarted triggerer resumes there instead of repeating the log.
+    :param transient_retry: how each API call retries transient errors (`RetryPolicy.as_conf()`; None: the
+        defaults). A check that still fails is logged and the wait goes on until `timeout_at`.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class KubernetesJobTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         log_pod: str = "",
         log_offset: int = 0,
+        transient_retry: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.job_name = job_name
@@ -51,6 +55,7 @@ class KubernetesJobTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.log_pod = log_pod
         self.log_offset = log_offset
+        self.transient_retry = transient_retry
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -63,11 +68,14 @@ class KubernetesJobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "log_pod": self.log_pod,
                 "log_offset": self.log_offset,
+                "transient_retry": self.transient_retry,
             },
         )
 
     def _hook(self) -> AsyncKubernetesResourceHook:
-        return AsyncKubernetesResourceHook(self.conn_id, self.namespace)
+        return AsyncKubernetesResourceHook(
+            self.conn_id, self.namespace, retry=RetryPolicy.from_conf(self.transient_retry)
+        )
 
     async def _pods(self, hook: AsyncKubernetesResourceHook) -> list[dict[str, Any]]:
         return await hook.list_pods(f"job-name={self.job_name}")
@@ -123,7 +131,8 @@ class KubernetesJobTrigger(BaseTrigger):
                 await self._copy_log(hook, await self._pods(hook))
                 errors = 0
             except KubernetesRuntimeError as err:
-                # The API server restarting or throttling: keep waiting, within the deadline.
+                # Still failing after the hook's retries (an API server down for longer, RBAC changed under
+                # us): keep waiting, within the deadline.
                 errors += 1
                 self.log.warning("Job %s: status check failed (%d in a row): %s", self.job_name, errors, err)
                 state, reason = "unknown", str(err)

@@ -19,6 +19,7 @@ from airflow_provider_mlpipe.hooks.kubernetes import (
     selector_string,
     service_address,
 )
+from airflow_provider_mlpipe.retries import RetryPolicy
 
 
 class KubernetesServingTrigger(BaseTrigger):
@@ -27,6 +28,9 @@ class KubernetesServingTrigger(BaseTrigger):
 
     Events: `available` (with `address`, None for ClusterIP), `failed` (rollout: ProgressDeadlineExceeded,
     with the pods' reasons), `timeout` (with `stage`: rollout or address), `gone`.
+
+    :param transient_retry: how each API call retries transient errors (`RetryPolicy.as_conf()`; None: the
+        defaults). A check that still fails is logged and the wait goes on until `timeout_at`.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class KubernetesServingTrigger(BaseTrigger):
         wait_for_address: bool,
         timeout_at: float,
         poll_interval: float = 5.0,
+        transient_retry: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.deployment = deployment
@@ -52,6 +57,7 @@ class KubernetesServingTrigger(BaseTrigger):
         self.wait_for_address = wait_for_address
         self.timeout_at = timeout_at
         self.poll_interval = poll_interval
+        self.transient_retry = transient_retry
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -66,6 +72,7 @@ class KubernetesServingTrigger(BaseTrigger):
                 "wait_for_address": self.wait_for_address,
                 "timeout_at": self.timeout_at,
                 "poll_interval": self.poll_interval,
+                "transient_retry": self.transient_retry,
             },
         )
 
@@ -82,7 +89,9 @@ class KubernetesServingTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = AsyncKubernetesResourceHook(self.conn_id, self.namespace)
+        hook = AsyncKubernetesResourceHook(
+            self.conn_id, self.namespace, retry=RetryPolicy.from_conf(self.transient_retry)
+        )
         rolled_out = False
         last = "no status read yet"
         while True:

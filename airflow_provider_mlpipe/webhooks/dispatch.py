@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -170,6 +171,7 @@ def airflow_trigger(dag_id: str, run_id: str, conf: dict[str, Any]) -> TriggerOu
         return TriggerOutcome(run_id, created=False, dag_paused=paused) if found else None
 
     try:
+        # One session for both checks: each checkout costs a pool ping, and this is the hot path.
         with create_session() as session:
             dag_model = session.scalar(select(DagModel).where(DagModel.dag_id == dag_id))
             if dag_model is None or dag_model.is_stale:
@@ -177,8 +179,11 @@ def airflow_trigger(dag_id: str, run_id: str, conf: dict[str, Any]) -> TriggerOu
             if dag_model.has_import_errors:
                 raise PendingError(f"DAG {dag_id!r} has import errors")
             paused = bool(dag_model.is_paused)
-        if (found := existing()) is not None:
-            return found
+            exists = session.scalar(
+                select(DagRun.run_id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            )
+        if exists:
+            return TriggerOutcome(run_id, created=False, dag_paused=paused)
         trigger_dag(
             dag_id,
             run_id=run_id,
@@ -193,8 +198,8 @@ def airflow_trigger(dag_id: str, run_id: str, conf: dict[str, Any]) -> TriggerOu
         raise PendingError(f"DAG {dag_id!r} is not parsed yet: {err}") from None
     except IntegrityError:
         # Another replica inserted the same run id between our check and our insert.
-        if (found := existing()) is not None:
-            return found
+        if (winner := existing()) is not None:
+            return winner
         raise PendingError(f"could not create run {run_id} of {dag_id}: conflicting insert") from None
     except SQLAlchemyError as err:
         raise PendingError(f"database error creating run {run_id} of {dag_id}: {type(err).__name__}") from err
@@ -237,10 +242,24 @@ class Dispatcher:
     settings: Callable[[], WebhookSettings]
     trigger: TriggerFn = airflow_trigger
     run_states: RunStatesFn = airflow_run_states
-    # Serializes this process's writes: a burst of identical deliveries becomes one insert and N reads
-    # instead of N racing inserts (which on SQLite would also fight over the database lock).
+    # Serializes this process's work on one event: a burst of identical deliveries becomes one insert and
+    # N reads instead of N racing inserts. Different events go ahead in parallel, except on SQLite, whose
+    # single database lock would only turn parallel writers into "database is locked" errors.
     lock: threading.Lock = field(default_factory=threading.Lock)
     stale_after: timedelta = timedelta(seconds=60)
+    _event_locks: weakref.WeakValueDictionary[str, threading.Lock] = field(
+        default_factory=weakref.WeakValueDictionary, repr=False
+    )
+
+    def _lock_for(self, event_id: str) -> threading.Lock:
+        if self.event_log().engine.dialect.name == "sqlite":
+            return self.lock
+        with self.lock:
+            found = self._event_locks.get(event_id)
+            if found is None:
+                # Held strongly by the caller while in use; dropped from the map once nobody holds it.
+                found = self._event_locks[event_id] = threading.Lock()
+            return found
 
     def process(self, record: EventRecord) -> tuple[EventRecord, TriggerOutcome | None]:
         """Bring one recorded event as far as it can go now; never raises for a routing/run problem."""
@@ -306,7 +325,7 @@ class Dispatcher:
 
     def accept(self, event: AcrPushEvent, event_id: str) -> tuple[EventRecord, bool, TriggerOutcome | None]:
         """Record the delivery durably, then process it. Returns (event, new delivery?, outcome)."""
-        with self.lock:
+        with self._lock_for(event_id):
             record, created = self.event_log().record(event, event_id)
             if record.state == QUEUED and self._run_exists(record):
                 return record, created, None
@@ -324,7 +343,7 @@ class Dispatcher:
         events = self.event_log()
         done = 0
         for record in events.due(self.stale_after):
-            with self.lock:
+            with self._lock_for(record.event_id):
                 current = events.get(record.event_id)
                 if current is None or current.state not in (PENDING, record.state):
                     continue

@@ -208,7 +208,14 @@ class EventLog:
         }
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(events_table).values(**values))
+                stmt = insert(events_table).values(**values)
+                if self.engine.dialect.insert_returning:
+                    # One round trip instead of insert + select: the hot path of a burst of pushes.
+                    row = conn.execute(stmt.returning(*events_table.c)).mappings().first()
+                    if row is not None:
+                        return EventRecord.from_row(row), True
+                else:
+                    conn.execute(stmt)
             created = True
         except IntegrityError:
             created = False
@@ -234,8 +241,14 @@ class EventLog:
         if "conf" in values and values["conf"] is not None:
             values["conf"] = json.dumps(values["conf"], sort_keys=True)
         values["updated_at"] = utcnow()
+        stmt = update(events_table).where(events_table.c.event_id == event_id).values(**values)
         with self.engine.begin() as conn:
-            conn.execute(update(events_table).where(events_table.c.event_id == event_id).values(**values))
+            if self.engine.dialect.update_returning:
+                row = conn.execute(stmt.returning(*events_table.c)).mappings().first()
+                if row is not None:
+                    return EventRecord.from_row(row)
+            else:
+                conn.execute(stmt)
         stored = self.get(event_id)
         if stored is None:  # pragma: no cover
             raise RuntimeError(f"event {event_id} vanished while it was updated")

@@ -12,8 +12,9 @@ HTTP on 127.0.0.1 (path-style URLs, which oss2 uses for IP endpoints):
   configured secret: a wrong key id gets 403 InvalidAccessKeyId, a wrong secret 403 SignatureDoesNotMatch,
 - error bodies in OSS' XML format (and, for HEAD, the base64 `x-oss-err` header oss2 reads).
 
-Tests can inject faults (`fail_next`: N answers with a status, or N connection resets), corrupt stored
-bytes, and count requests per operation.
+Tests can inject faults (`fail_next`: N answers with a status, or N connection resets; `delay_next`: N
+answers held back longer than the client's read timeout), corrupt stored bytes, and count requests per
+operation.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ class Fault:
     status: int  # 0: reset the connection instead of answering
     code: str
     match: Callable[[str, str, dict[str, str]], bool]
+    delay: float = 0.0  # > 0: answer normally, this many seconds late (status and code unused)
+
+    @property
+    def label(self) -> str:
+        if self.delay:
+            return "delay"
+        return str(self.status) if self.status else "reset"
 
 
 class OssEmulator:
@@ -141,6 +149,16 @@ class OssEmulator:
         """The next `times` matching requests (method, key, query) get `status`, or a reset if status is 0."""
         self.faults.append(Fault(times, status, code, match or (lambda method, key, query: True)))
 
+    def delay_next(
+        self,
+        times: int,
+        seconds: float,
+        *,
+        match: Callable[[str, str, dict[str, str]], bool] | None = None,
+    ) -> None:
+        """The next `times` matching requests are served normally, but their answers wait `seconds`."""
+        self.faults.append(Fault(times, 0, "", match or (lambda method, key, query: True), delay=seconds))
+
     def corrupt(self, bucket: str, key: str, offset: int = 0) -> None:
         """Flip one stored byte, as silent corruption at rest would (the CRC OSS reports follows the data)."""
         with self.lock:
@@ -203,7 +221,7 @@ class OssEmulator:
             for fault in self.faults:
                 if fault.remaining > 0 and fault.match(method, key, query):
                     fault.remaining -= 1
-                    self.faults_served[f"{method} {fault.status or 'reset'}"] += 1
+                    self.faults_served[f"{method} {fault.label}"] += 1
                     return fault
         return None
 
@@ -298,7 +316,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
 
         fault = oss.take_fault(self.command, key, query)
-        if fault is not None:
+        if fault is not None and fault.delay:
+            # The client gives up first; the request still takes effect below, as on a slow server.
+            time.sleep(fault.delay)
+        elif fault is not None:
             if fault.status == 0:
                 self._reset()
                 return

@@ -164,13 +164,21 @@ def test_staging_server_killed_during_evaluation(stack: AirflowStack, admin: Air
     """The staging server dies: the evaluation retries with backoff (client retries, then task retries)
     and fails cleanly; staging is torn down and production is untouched."""
     production_before = _production_version(stack)
-    run_id = admin.trigger(DAG_ID, CONF, run_id="fault-staging-kill")
-    admin.wait_for_run(DAG_ID, run_id, timeout=600, until_task=("deploy_staging", "success"))
+    # All 10,000 test images (ten :predict batches), and the kill lands within 0.1 s of deploy_staging's
+    # success: the evaluation task still has to be scheduled, started and load its data, so the server
+    # is gone before its last batch. (A 1 s poll with a 1,000-image sample once let it finish first.)
+    run_id = admin.trigger(DAG_ID, {**CONF, "evaluation_sample": 0}, run_id="fault-staging-kill")
+    admin.wait_for_run(DAG_ID, run_id, timeout=600, until_task=("deploy_staging", "success"), interval=0.1)
     staging = [p for p in _hook(stack).state_dir.glob("serve-fashion-mnist-staging-*") if p.is_dir()]
     assert len(staging) == 1
     child = json.loads((staging[0] / "child.json").read_text())["pid"]
     os.kill(child, signal.SIGKILL)
-    states = admin.wait_for_run(DAG_ID, run_id, timeout=600)
+
+    def evaluation_must_not_pass(states: dict[str, str | None]) -> None:
+        # Otherwise the run would park at the approval gate and the wait would only time out.
+        assert states.get("evaluate_staging") != "success", "the kill came after the evaluation finished"
+
+    states = admin.wait_for_run(DAG_ID, run_id, timeout=600, on_poll=evaluation_must_not_pass)
     assert admin.run_state(DAG_ID, run_id) == "failed"
     assert states["evaluate_staging"] == "failed"
     assert _try_numbers(admin, run_id)["evaluate_staging"] == 3  # 1 try + 2 retries, then give up

@@ -3,11 +3,19 @@ processes started here, twice: SQLite + LocalExecutor (the embedded default) and
 CeleryExecutor with two Celery workers on Redis (production-like). The local runtime runs real TensorFlow training and a
 real TF-Serving-compatible server. Nothing is emulated; only the data is small (a few thousand images,
 two epochs) so the whole module takes a few minutes on two cores.
+
+One more run, started by the ACR webhook, checks that no secret reaches a log: it trains on the `kubernetes`
+runtime with an `oss://` store, so its tasks and the triggerer load the `kubernetes_default` kubeconfig
+(with a bearer token) and the `oss_default` secret. For that run alone the Kubernetes API and OSS are the
+EMULATORS of tests/kubernetes_emulator.py and tests/emulators/oss_server.py, served over HTTP from this test
+process; the test plays the Job controller and fails every training Job, so the run ends quickly.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,6 +65,8 @@ def stack(
             production_port=free_port(),
             dataset_dir=str(fashion_mnist_dir),
             users={"admin": ("admin", "admin-pw"), "intruder": ("op", "intruder-pw")},
+            # The webhook reads its secret and routes afresh on every push: `secret_run` sets them late.
+            extra_config={"mlpipe": {"acr_webhook_config_ttl": "0"}},
             **extra,
         )
     )
@@ -184,9 +194,116 @@ def test_training_progress_is_in_the_task_log(stack: AirflowStack, promoted: dic
     assert "published model=fashion_mnist" in text
 
 
+SECRET_REPO = "mlpipe/secrets-e2e"
+SECRET_BUCKET = "mlpipe-e2e-secrets"
+
+
+def _kubeconfig_text(server: str, token: str, key_data: str) -> str:
+    # As pasted into the connection form: YAML text, which Airflow does not mask by itself.
+    return (
+        "apiVersion: v1\nkind: Config\ncurrent-context: e2e\n"
+        f"clusters:\n- name: e2e\n  cluster:\n    server: {server}\n"
+        f"users:\n- name: e2e\n  user:\n    token: {token}\n    client-key-data: {key_data}\n"
+        "contexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: e2e\n    namespace: mlpipe\n"
+    )
+
+
 @pytest.fixture(scope="module")
-def other_runs(stack: AirflowStack, admin: AirflowClient, promoted: dict[str, Any], tmp_path_factory) -> dict:
-    """Three more runs at once, after the happy path: low accuracy, rejected, broken dataset."""
+def secret_run(stack: AirflowStack, admin: AirflowClient) -> Iterator[dict[str, Any]]:
+    """A run started by the webhook (with its secret) that loads the OSS and Kubernetes credentials."""
+    from tests.emulators.oss_server import OssEmulator
+    from tests.kubernetes_emulator import emulated_cluster
+
+    values = {
+        "oss": secrets.token_urlsafe(30),
+        "token": f"e2e-token-{secrets.token_hex(20)}",
+        "key_data": secrets.token_hex(32),
+        "webhook": secrets.token_hex(32),
+    }
+    stop = threading.Event()
+    with OssEmulator("e2e-key-id", values["oss"], buckets=(SECRET_BUCKET,)) as oss, emulated_cluster() as k8s:
+
+        def fail_every_job() -> None:
+            """The Job controller of the emulated cluster: every training Job fails at once."""
+            while not stop.is_set():
+                for name in k8s.names("jobs"):
+                    if not ((k8s.get("jobs", name) or {}).get("status") or {}).get("conditions"):
+                        k8s.finish_job(name, succeeded=False, reason="BackoffLimitExceeded", message="e2e")
+                stop.wait(0.5)
+
+        controller = threading.Thread(target=fail_every_job, name="e2e-job-controller", daemon=True)
+        controller.start()
+        oss_extra = {
+            "auth_type": "AK",
+            "access_key_id": "e2e-key-id",
+            "access_key_secret": values["oss"],
+            "region": "cn-hangzhou",
+            "endpoint": oss.endpoint,
+        }
+        kube_extra = {
+            "kube_config": _kubeconfig_text(k8s.url, values["token"], values["key_data"]),
+            "namespace": "mlpipe",
+        }
+        for conn_id, conn_type, extra in (
+            ("oss_default", "oss", oss_extra),
+            ("kubernetes_default", "kubernetes", kube_extra),
+        ):
+            admin.call(
+                "POST",
+                "/connections",
+                json={"connection_id": conn_id, "conn_type": conn_type, "extra": json.dumps(extra)},
+            )
+        params = {
+            "runtime": "kubernetes",
+            "model_store": f"oss://{SECRET_BUCKET}/e2e",
+            "approvers": ["admin"],
+            "hyperparameters": SMALL,
+            # The run's own in-task retry budget: 2 attempts (one retry) of each call.
+            "retry_policy": {"attempts": 2, "base_delay": 0.1, "max_delay": 0.5},
+        }
+        routes = [{"repository": SECRET_REPO, "dag_id": DAG_ID, "params": params}]
+        admin.call(
+            "POST", "/variables", json={"key": "mlpipe_acr_webhook_secret", "value": values["webhook"]}
+        )
+        admin.call("POST", "/variables", json={"key": "mlpipe_acr_routes", "value": json.dumps(routes)})
+        # One transient failure of the first Job creation, retried under the run's policy.
+        k8s.fail_next(1, 503, method="POST", path=r"/jobs$")
+        namespace, name = SECRET_REPO.split("/")
+        push = {
+            "push_data": {"digest": "sha256:" + "cd" * 32, "pushed_at": "2026-01-01 00:00:00", "tag": "v1"},
+            "repository": {
+                "name": name,
+                "namespace": namespace,
+                "region": "cn-hangzhou",
+                "repo_full_name": SECRET_REPO,
+                "repo_type": "PRIVATE",
+            },
+        }
+        resp = requests.post(
+            f"{stack.url}/mlpipe/webhooks/acr",
+            params={"token": values["webhook"]},
+            json=push,
+            timeout=60,
+        )
+        # Checked by the test, not here: a failure must not take the other runs' tests down with it.
+        answer = {"status": resp.status_code, "body": resp.text}
+        try:
+            yield {"answer": answer, "secrets": values, "oss": oss, "k8s": k8s}
+        finally:
+            stop.set()
+            controller.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def other_runs(
+    stack: AirflowStack,
+    admin: AirflowClient,
+    promoted: dict[str, Any],
+    secret_run: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:
+    """Three more runs at once, after the happy path: low accuracy, rejected, broken dataset (while the
+    webhook's run of `secret_run` goes on beside them)."""
     broken = tmp_path_factory.mktemp("broken-dataset")
     (broken / "train-images-idx3-ubyte.gz").write_bytes(b"")
     runs = {
@@ -289,3 +406,39 @@ def test_cli_trigger_with_conf(stack: AirflowStack, admin: AirflowClient) -> Non
     while admin.run_state(DAG_ID, "e2e-cli") not in ("success", "failed") and time.monotonic() < deadline:
         time.sleep(2)
     assert admin.xcom(DAG_ID, "e2e-cli", "record_outcome")["outcome"] == "rejected_by_gate"
+
+
+def test_no_secret_reaches_any_log(
+    stack: AirflowStack, admin: AirflowClient, secret_run: dict[str, Any]
+) -> None:
+    """The OSS secret, the kubeconfig's token and key, and the webhook secret appear in no file under the
+    Airflow logs directory (task logs, triggerer, scheduler, api-server, workers), though each was used."""
+    answer = secret_run["answer"]
+    assert answer["status"] == 201, answer
+    run_id = json.loads(answer["body"])["run_id"]
+    states = admin.wait_for_run(DAG_ID, run_id, timeout=600)
+    assert admin.run_state(DAG_ID, run_id) == "failed" and states["train"] == "failed", states
+    # Each credential was really used: OSS checked the signature of the version reservation, the cluster
+    # got the Job (created after one 503), the triggerer polled it.
+    oss, k8s = secret_run["oss"], secret_run["k8s"]
+    assert oss.operations["PutObject"] >= 1
+    assert ("POST", "/apis/batch/v1/namespaces/mlpipe/jobs") in k8s.requests
+    assert any(method == "GET" and "/jobs/train-" in path for method, path in k8s.requests)
+    train_log = "".join(
+        p.read_text(errors="replace")
+        for p in (stack.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=train/*")
+    )
+    assert "BackoffLimitExceeded" in train_log
+    # The run's retry_policy Param reached the Kubernetes hook: 2 attempts, not the default 5.
+    assert "(attempt 1 of 2, HTTP 503" in train_log
+
+    files = [p for p in (stack.home / "logs").rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    assert files and total > 10_000, (len(files), total)
+    leaks = {
+        f"{p.relative_to(stack.home)}: {name}"
+        for p in files
+        for name, value in secret_run["secrets"].items()
+        if value.encode() in p.read_bytes()
+    }
+    assert not leaks, sorted(leaks)

@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 
 from airflow_provider_mlpipe.datasets.fashion_mnist import FILES, TEST_LABELS
 from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
+from airflow_provider_mlpipe.retries import MAX_ATTEMPTS, MAX_MAX_DELAY, RetryPolicy
 from airflow_provider_mlpipe.validation import (
     HYPERPARAMETERS,
     check_digest,
     check_fraction,
     check_hyperparameters,
     check_image,
+    check_retry_policy,
     check_run_params,
 )
 
@@ -181,6 +183,72 @@ def test_check_fraction_rejects(value: object) -> None:
     assert_config_error(info.value, "max_regression", value, "a number in [0, 1]")
 
 
+# -------------------------------------------------------------------------------------- retry policy
+
+DEFAULT_POLICY = {"attempts": 5, "base_delay": 0.5, "max_delay": 30.0}
+
+
+def test_check_retry_policy_fills_in_the_defaults() -> None:
+    assert check_retry_policy(None) == DEFAULT_POLICY == RetryPolicy().as_conf()
+    assert check_retry_policy({}) == DEFAULT_POLICY
+    assert check_retry_policy({"attempts": 8, "max_delay": 60}) == {
+        "attempts": 8,
+        "base_delay": 0.5,
+        "max_delay": 60.0,
+    }
+    # JSON text: what an operator gets from a template outside a natively rendering DAG.
+    assert check_retry_policy('{"attempts": 2.0, "base_delay": 0, "max_delay": 0}') == {
+        "attempts": 2,
+        "base_delay": 0.0,
+        "max_delay": 0.0,
+    }
+    policy = RetryPolicy.from_conf({"attempts": 8, "max_delay": 60})
+    assert (policy.attempts, policy.base_delay, policy.max_delay) == (8, 0.5, 60.0)
+    assert RetryPolicy.from_conf(policy) is policy
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "bad", "fragment"),
+    [
+        ({"attempts": 0}, "retry_policy.attempts", 0, "an integer in [1, 100]"),
+        ({"attempts": 101}, "retry_policy.attempts", 101, "an integer in [1, 100]"),
+        ({"attempts": 2.5}, "retry_policy.attempts", 2.5, "an integer in [1, 100]"),
+        ({"attempts": True}, "retry_policy.attempts", True, "an integer in [1, 100]"),
+        ({"attempts": "5"}, "retry_policy.attempts", "5", "an integer in [1, 100]"),
+        ({"base_delay": -1}, "retry_policy.base_delay", -1, "a number of seconds >= 0"),
+        ({"base_delay": 601}, "retry_policy.base_delay", 601.0, "a number of seconds in [0, 600]"),
+        ({"max_delay": "60"}, "retry_policy.max_delay", "60", "a number of seconds >= 0"),
+        ({"max_delay": float("nan")}, "retry_policy.max_delay", float("nan"), "a number of seconds >= 0"),
+        ({"base_delay": 2, "max_delay": 1}, "retry_policy.max_delay", 1.0, "[base_delay (2), 3600]"),
+        ({"max_delay": 3601}, "retry_policy.max_delay", 3601.0, "[base_delay (0.5), 3600]"),
+        ({"tries": 3}, "retry_policy.tries", 3, "one of the keys attempts, base_delay, max_delay"),
+        ("attempts=3", "retry_policy", "attempts=3", 'an object such as {"attempts": 5'),
+        ([5, 0.5, 30], "retry_policy", [5, 0.5, 30], 'an object such as {"attempts": 5'),
+    ],
+)
+def test_check_retry_policy_errors_name_the_field(value: Any, field: str, bad: Any, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_retry_policy(value)
+    assert_config_error(info.value, field, bad, fragment)
+
+
+retry_dicts = st.dictionaries(
+    st.sampled_from(["attempts", "base_delay", "max_delay"]) | st.text(max_size=10), json_values, max_size=4
+)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(retry_dicts, json_values))
+def test_check_retry_policy_only_ever_raises_config_error(value: Any) -> None:
+    try:
+        checked = check_retry_policy(value)
+    except ConfigError as err:
+        assert err.field == "retry_policy" or err.field.startswith("retry_policy.")
+        return
+    assert type(checked["attempts"]) is int and 1 <= checked["attempts"] <= MAX_ATTEMPTS
+    assert 0 <= checked["base_delay"] <= checked["max_delay"] <= MAX_MAX_DELAY
+
+
 # ---------------------------------------------------------------------------------------- run params
 
 
@@ -215,7 +283,10 @@ def test_check_run_params_returns_checked_values() -> None:
         "hyperparameters": {"epochs": 2},
         "approvers": ["alice"],
         "dataset": "",
+        "retry_policy": DEFAULT_POLICY,
     }
+    flaky_cluster = check_run_params(valid_params(retry_policy={"attempts": 8, "max_delay": 60}))
+    assert flaky_cluster["retry_policy"] == {"attempts": 8, "base_delay": 0.5, "max_delay": 60.0}
 
 
 def test_check_run_params_leaves_remote_datasets_for_later() -> None:
@@ -234,6 +305,7 @@ def test_check_run_params_leaves_remote_datasets_for_later() -> None:
         ({"approvers": []}, "approvers", "a non-empty list of Airflow user names"),
         ({"approvers": "alice"}, "approvers", "a non-empty list of Airflow user names"),
         ({"approvers": ["alice", ""]}, "approvers", "a non-empty list of Airflow user names"),
+        ({"retry_policy": {"attempts": 0}}, "retry_policy.attempts", "an integer in [1, 100]"),
     ],
 )
 def test_check_run_params_errors(overrides: dict[str, Any], field: str, fragment: str) -> None:

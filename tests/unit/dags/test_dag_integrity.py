@@ -89,6 +89,9 @@ def _params(dagbag, conf: dict):
         ({"hyperparameters": {"epochs": 0}}, "hyperparameters"),
         ({"hyperparameters": {"dropout": 0.5}}, "hyperparameters"),
         ({"approval_timeout_minutes": 0}, "approval_timeout_minutes"),
+        ({"retry_policy": {"attempts": 0}}, "retry_policy"),
+        ({"retry_policy": {"tries": 3}}, "retry_policy"),
+        ({"retry_policy": {"max_delay": "60"}}, "retry_policy"),
     ],
 )
 def test_params_reject_bad_conf(dagbag, override: dict, field: str) -> None:
@@ -112,3 +115,30 @@ def test_missing_image_is_refused(dagbag) -> None:
 
     with pytest.raises(ParamValidationError, match="image"):
         _params(dagbag, {}).validate()
+
+
+def test_retry_policy_param_reaches_every_provider_operator(dagbag) -> None:
+    """The run's retry_policy Param is a templated field of every task that talks to the cluster, the store
+    or an endpoint; the task retries stay DAG defaults."""
+    from airflow_provider_mlpipe.retries import RetryPolicy
+
+    dag = dagbag.dags[DAG_ID]
+    takes_policy = {t.task_id for t in dag.tasks if "transient_retry" in getattr(t, "template_fields", ())}
+    assert takes_policy == {
+        "train",
+        "deploy_staging",
+        "evaluate_staging",
+        "accuracy_gate",
+        "teardown_staging",
+        "deploy_production",
+        "verify_production",
+        "rollback_production",
+        "promote_model",
+        "record_outcome",
+    }
+    assert {dag.task_dict[t].transient_retry for t in takes_policy} == {"{{ params.retry_policy }}"}
+    # Airflow's own per-task retry_policy (3.3+) stays unset: it is a different thing.
+    assert all(task.retry_policy is None for task in dag.tasks)
+    params = _params(dagbag, {"image": "r/x:y", "retry_policy": {"attempts": 8, "max_delay": 60}})
+    assert params.validate()["retry_policy"] == {"attempts": 8, "max_delay": 60}
+    assert _params(dagbag, {"image": "r/x:y"}).validate()["retry_policy"] == RetryPolicy().as_conf()

@@ -15,6 +15,7 @@ import pytest
 
 from airflow_provider_mlpipe.exceptions import ServingError
 from airflow_provider_mlpipe.hooks.serving import ServingHook
+from airflow_provider_mlpipe.retries import RetryPolicy
 
 MODEL = "fashion_mnist"
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -80,8 +81,9 @@ def serve() -> Iterator[Callable[[Responder], FakeServing]]:
         server.close()
 
 
-def make_hook(url: str, **kwargs: Any) -> ServingHook:
-    return ServingHook(url, MODEL, **{"timeout": 5.0, "backoff": 0.01, **kwargs})
+def make_hook(url: str, attempts: int = 4, **kwargs: Any) -> ServingHook:
+    retry = RetryPolicy(attempts=attempts, base_delay=0.01, max_delay=0.04)
+    return ServingHook(url, MODEL, **{"timeout": 5.0, "retry": retry, **kwargs})
 
 
 def one_hot(cls: int, n: int = 10, high: float = 0.91) -> list[float]:
@@ -163,14 +165,14 @@ def test_transient_503_is_retried_then_succeeds(serve: Callable[[Responder], Fak
         return json_reply(200, {"predictions": [one_hot(7)]})
 
     server = serve(flaky)
-    assert make_hook(server.url, retries=3).predict([[1]]) == [one_hot(7)]
+    assert make_hook(server.url, attempts=4).predict([[1]]) == [one_hot(7)]
     assert len(server.requests) == 3
 
 
 def test_transient_errors_give_up_after_the_retries(serve: Callable[[Responder], FakeServing]) -> None:
     server = serve(lambda m, p, b: json_reply(503, {"error": "overloaded"}))
     with pytest.raises(ServingError) as info:
-        make_hook(server.url, retries=2).predict([[1]])
+        make_hook(server.url, attempts=3).predict([[1]])
     assert len(server.requests) == 3
     assert "after 3 attempts" in str(info.value)
     assert "HTTP 503: overloaded" in str(info.value)
@@ -181,7 +183,7 @@ def test_connection_refused_is_retried_then_raises() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(ServingError) as info:
-        make_hook(f"http://127.0.0.1:{port}", retries=1).predict([[1]])
+        make_hook(f"http://127.0.0.1:{port}", attempts=2).predict([[1]])
     assert "after 2 attempts" in str(info.value)
     assert "ConnectionError" in str(info.value)
 
@@ -292,7 +294,7 @@ def test_available_versions_raises_when_nothing_answers() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # Nothing listens on that port any more: connection refused on every attempt.
-    hook = ServingHook(f"http://127.0.0.1:{port}", MODEL, retries=1, backoff=0.01)
+    hook = make_hook(f"http://127.0.0.1:{port}", attempts=2)
     with pytest.raises(ServingError, match="failed after 2 attempts") as err:
         hook.available_versions()
     assert err.value.status is None

@@ -24,7 +24,7 @@ from airflow_provider_mlpipe.exceptions import (
 )
 from airflow_provider_mlpipe.modelstore import MARKER, ModelStore, open_store
 from airflow_provider_mlpipe.modelstore.oss import OssBackend, OssCredentials
-from airflow_provider_mlpipe.modelstore.retry import RetryPolicy
+from airflow_provider_mlpipe.retries import RetryPolicy
 
 BUCKET = "mlpipe-models"
 PREFIX = "team/models"
@@ -59,6 +59,7 @@ def oss_store(
     bucket: str = BUCKET,
     sleeps: Sleeps | None = None,
     attempts: int = 3,
+    timeout: float = 30.0,
 ) -> ModelStore:
     creds = OssCredentials(key_id, secret, "cn-hangzhou", oss.endpoint)
     backend = OssBackend(
@@ -74,6 +75,7 @@ def oss_store(
             sleep=sleeps if sleeps is not None else Sleeps(),
         ),
         checkpoint_dir=tmp_path / "checkpoints",
+        connect_timeout=timeout,
     )
     return ModelStore(backend)
 
@@ -179,10 +181,27 @@ def test_wrong_secret_fails_fast_naming_bucket_and_key(oss: Any, tmp_path: Path)
 
 def test_missing_bucket_is_named(oss: Any, tmp_path: Path) -> None:
     sleeps = Sleeps()
+    missing = oss_store(oss, tmp_path, bucket="no-such-bucket", sleeps=sleeps)
     with pytest.raises(StoreBucketNotFound) as info:
-        oss_store(oss, tmp_path, bucket="no-such-bucket", sleeps=sleeps).published_versions(MODEL)
+        missing.published_versions(MODEL)
     assert "bucket 'no-such-bucket' does not exist at http://127.0.0.1" in str(info.value)
+    with pytest.raises(StoreBucketNotFound) as info:
+        missing.backend.get_bytes("probe.json")
+    assert f"bucket 'no-such-bucket', key '{PREFIX}/probe.json'" in str(info.value)
     assert sleeps == []
+
+
+def test_access_denied_fails_fast_naming_bucket_and_key(oss: Any, tmp_path: Path) -> None:
+    """A RAM policy that does not allow the object (403 AccessDenied, a valid signature): no retry."""
+    sleeps = Sleeps()
+    store = oss_store(oss, tmp_path, sleeps=sleeps, attempts=5)
+    oss.fail_next(5, status=403, code="AccessDenied", match=lambda method, key, q: method == "GET")
+    with pytest.raises(StoreAccessDenied) as info:
+        store.backend.get_bytes("probe.json")
+    message = str(info.value)
+    assert f"bucket {BUCKET!r}, key '{PREFIX}/probe.json'" in message and "AccessDenied" in message
+    assert "emulator-key-secret" not in message
+    assert oss.faults_served["GET 403"] == 1 and sleeps == []
 
 
 def test_transient_errors_are_retried_with_capped_backoff(oss: Any, tmp_path: Path) -> None:
@@ -191,7 +210,10 @@ def test_transient_errors_are_retried_with_capped_backoff(oss: Any, tmp_path: Pa
     oss.fail_next(3, status=503, code="ServiceUnavailable", match=lambda method, key, q: method == "PUT")
     store.backend.put_bytes("probe.json", b"{}")
     assert oss.faults_served["PUT 503"] == 3 and oss.operations["PutObject"] == 1
-    assert len(sleeps) == 3 and all(0 < s <= 0.04 for s in sleeps)
+    # Wait n is 0.01 * 2**(n-1) jittered down by up to half, capped at 0.04: it grows.
+    assert len(sleeps) == 3
+    for n, waited in enumerate(sleeps, start=1):
+        assert 0.005 * 2 ** (n - 1) <= waited <= 0.01 * 2 ** (n - 1), sleeps
 
     oss.fail_next(2, status=0, match=lambda method, key, q: method == "GET")  # connection reset
     assert store.backend.get_bytes("probe.json") == b"{}"
@@ -205,6 +227,17 @@ def test_transient_errors_are_retried_with_capped_backoff(oss: Any, tmp_path: Pa
         store.backend.get_bytes("probe.json")
     assert f"bucket {BUCKET!r}, key '{PREFIX}/probe.json'" in str(info.value)
     assert "after 5 attempts" in str(info.value) and "InternalError" in str(info.value)
+
+
+def test_a_read_timeout_is_retried_then_succeeds(oss: Any, tmp_path: Path) -> None:
+    sleeps = Sleeps()
+    store = oss_store(oss, tmp_path, sleeps=sleeps, attempts=5, timeout=0.3)
+    store.backend.put_bytes("probe.json", b"{}")
+    # The emulator answers 1.2 s late, the client waits 0.3 s: two timeouts, then a timely answer.
+    oss.delay_next(2, 1.2, match=lambda method, key, q: method == "GET")
+    assert store.backend.get_bytes("probe.json") == b"{}"
+    assert oss.faults_served["GET delay"] == 2
+    assert len(sleeps) == 2 and 0.005 <= sleeps[0] <= 0.01 <= sleeps[1] <= 0.02
 
 
 def test_multipart_upload_survives_a_failed_part(oss: Any, store: ModelStore, tmp_path: Path) -> None:

@@ -106,6 +106,7 @@ async def test_creates_the_job_follows_its_log_and_succeeds(
             "poll_interval": 0.05,
             "log_pod": "",
             "log_offset": 0,
+            "transient_retry": {"attempts": 5, "base_delay": 0.5, "max_delay": 30.0},
         },
     )
     waiting = asyncio.create_task(first_event(trigger))

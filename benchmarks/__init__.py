@@ -1,0 +1,1 @@
+"""Benchmarks of airflow-provider-mlpipe against its anchors: `make bench` runs them all (README)."""
