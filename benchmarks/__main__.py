@@ -20,13 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default 3)")
     p.add_argument("--only", default=",".join(ORDER), help=f"comma-separated subset of {','.join(ORDER)}")
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="run nothing; print the tables of benchmarks/results/*.json",
+    )
     args = p.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(ORDER))
     if unknown:
         raise SystemExit(f"--only: unknown benchmark(s) {unknown}; expected names from {list(ORDER)}")
     failed: list[str] = []
-    for name in chosen:
+    for name in [] if args.summary_only else chosen:
         started = time.monotonic()
         sys.stdout.write(f"--- {name} (python -m benchmarks.{name} --repeats {args.repeats})\n")
         sys.stdout.flush()
