@@ -277,6 +277,27 @@ def describe(exc: BaseException) -> str:
 # --- the loops ----------------------------------------------------------------------------------------
 
 
+def _wait_or_raise(
+    exc: Exception,
+    policy: RetryPolicy,
+    attempt: int,
+    attempts: int,
+    what: str,
+    is_transient: Callable[[BaseException], bool],
+) -> float:
+    """The shared step of both retry loops: re-raise a permanent error, give up after the last attempt,
+    else log and return how long to wait before the next one. Called inside the `except` block."""
+    if not is_transient(exc):
+        raise exc
+    if attempt == attempts:
+        raise RetriesExhausted(attempts, exc) from exc
+    wait = policy.wait(attempt, exc)
+    log.warning(
+        "%s failed (attempt %d of %d, %s): retrying in %.2f s", what, attempt, attempts, describe(exc), wait
+    )
+    return wait
+
+
 def call_with_retry(
     fn: Callable[[], T],
     *,
@@ -291,20 +312,7 @@ def call_with_retry(
         try:
             return fn()
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if attempt == attempts:
-                raise RetriesExhausted(attempts, exc) from exc
-            wait = policy.wait(attempt, exc)
-            log.warning(
-                "%s failed (attempt %d of %d, %s): retrying in %.2f s",
-                what,
-                attempt,
-                attempts,
-                describe(exc),
-                wait,
-            )
-            policy.sleep(wait)
+            policy.sleep(_wait_or_raise(exc, policy, attempt, attempts, what, is_transient))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -321,18 +329,5 @@ async def call_with_retry_async(
         try:
             return await fn()
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if attempt == attempts:
-                raise RetriesExhausted(attempts, exc) from exc
-            wait = policy.wait(attempt, exc)
-            log.warning(
-                "%s failed (attempt %d of %d, %s): retrying in %.2f s",
-                what,
-                attempt,
-                attempts,
-                describe(exc),
-                wait,
-            )
-            await policy.async_sleep(wait)
+            await policy.async_sleep(_wait_or_raise(exc, policy, attempt, attempts, what, is_transient))
     raise AssertionError("unreachable")  # pragma: no cover
