@@ -36,8 +36,13 @@ def free_port() -> int:
 
 # The shipped scheduling settings, beside Airflow's defaults in benchmarks/orchestration.py: an idle
 # scheduler looks for work every 0.1 s instead of every 1 s, which is most of the gap between two tasks.
+# A task's supervisor notices its process has exited within min_heartbeat_interval (5 s by default): a
+# trigger that fires sooner (a model that loads in 2 s) resumes the task before the deferral's exit is
+# reported, and Airflow 3.3.2 then fails the resumed try as "state changed externally" (apache/airflow
+# #72716). At 1 s the exit is reported before a resumed try can be running.
 FAST_SCHEDULING: dict[str, dict[str, str]] = {
     "scheduler": {"scheduler_idle_sleep_time": "0.1"},
+    "workers": {"min_heartbeat_interval": "1"},
 }
 
 
