@@ -66,3 +66,34 @@ class ServingError(MlpipeError):
 
 class KubernetesRuntimeError(MlpipeError):
     """A Kubernetes API call failed (other than the not-found / already-exists cases the runtime handles)."""
+
+
+class RetriesExhausted(MlpipeError):
+    """The last transient error after `attempts` tries; callers turn it into an error naming their
+    resource (StoreUnavailable, KubernetesRuntimeError, ServingError)."""
+
+    def __init__(self, attempts: int, last: BaseException) -> None:
+        # Imported on use: retries imports this module, so a top-level import would be circular.
+        from airflow_provider_mlpipe.retries import describe
+
+        super().__init__(f"{attempts} attempts, last error: {describe(last)}")
+        self.attempts = attempts
+        self.last = last
+
+
+class RoutesConfigError(MlpipeError, ValueError):
+    """The ACR routes configuration (Variable `mlpipe_acr_routes`) cannot be used; the message names the
+    entry and field."""
+
+
+class PendingError(MlpipeError):
+    """The run of an ACR push event cannot be created now but may be later (DAG not parsed, database busy).
+
+    Deliberately not a ValueError: the webhook's trigger turns ValueErrors (Airflow's Param validation)
+    into RejectedError, which would drop an event that only needed a retry.
+    """
+
+
+class RejectedError(MlpipeError):
+    """Airflow refused the run of an ACR push event for good (the DAG's Params reject the conf, manual runs
+    not allowed)."""

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.exceptions import ConfigError, RetriesExhausted
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +127,6 @@ def _seconds(field_name: str, value: object, minimum: float) -> float:
     if value < minimum:
         raise ConfigError(field_name, value, f"a number of seconds >= {minimum:g}")
     return float(value)
-
-
-class RetriesExhausted(Exception):
-    """The last transient error after `attempts` tries; callers turn it into an error naming their
-    resource (StoreUnavailable, KubernetesRuntimeError, ServingError)."""
-
-    def __init__(self, attempts: int, last: BaseException) -> None:
-        super().__init__(f"{attempts} attempts, last error: {describe(last)}")
-        self.attempts = attempts
-        self.last = last
 
 
 # --- classification -----------------------------------------------------------------------------------

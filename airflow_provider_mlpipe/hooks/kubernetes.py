@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlpipe import config
-from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError
+from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError, RetriesExhausted
 from airflow_provider_mlpipe.retries import (
-    RetriesExhausted,
     RetryPolicy,
     call_with_retry,
     call_with_retry_async,

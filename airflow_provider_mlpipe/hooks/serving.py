@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import requests
 from airflow.sdk.bases.hook import BaseHook
 
-from airflow_provider_mlpipe.exceptions import ServingError
-from airflow_provider_mlpipe.retries import RetriesExhausted, RetryPolicy, call_with_retry
+from airflow_provider_mlpipe.exceptions import RetriesExhausted, ServingError
+from airflow_provider_mlpipe.retries import RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
     import numpy as np

@@ -26,12 +26,13 @@ from typing import Any, TypeVar
 from airflow_provider_mlpipe.exceptions import (
     ConfigError,
     ModelStoreError,
+    RetriesExhausted,
     StoreAccessDenied,
     StoreBucketNotFound,
     StoreNotFound,
     StoreUnavailable,
 )
-from airflow_provider_mlpipe.retries import RetriesExhausted, RetryPolicy, call_with_retry, is_transient
+from airflow_provider_mlpipe.retries import RetryPolicy, call_with_retry, is_transient
 
 log = logging.getLogger(__name__)
 

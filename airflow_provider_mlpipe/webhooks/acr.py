@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from airflow_provider_mlpipe.exceptions import RoutesConfigError
+
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 # Docker's tag grammar.
 TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
@@ -119,10 +121,6 @@ class Route(BaseModel):
 
 
 DEFAULT_ROUTES = (Route(repository="*", tag="*", dag_id=DEFAULT_DAG_ID),)
-
-
-class RoutesConfigError(ValueError):
-    """The routes configuration cannot be used; the message names the entry and field."""
 
 
 def parse_routes(raw: str | None) -> tuple[Route, ...]:

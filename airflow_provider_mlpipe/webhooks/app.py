@@ -10,9 +10,11 @@ constant time, and a missing or wrong one gets a bare 401. The query parameter i
 Airflow's access log redacts parameters with that name.
 
 Answers: 201 run created; 200 the run already existed (repeated delivery); 202 `pending` (recorded, run
-not created yet, retried), `ignored` (no route) or `rejected` (the DAG refused the conf); 400 malformed
+not created yet, retried; `run_id` is the id the run will get, as it is deterministic, and `reason` says
+why), `ignored` (no route) or `rejected` (the DAG refused the conf); 400 malformed
 JSON; 413 body over 64 KiB; 415 not JSON; 422 a field missing or wrong (named in `detail`); 503 the event
-could not be recorded (nothing was accepted; the sender should retry). Client input never yields a 5xx.
+could not be recorded, or a redelivery of a finished event could not be processed (nothing was accepted;
+the sender should retry). Client input never yields a 5xx.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from airflow_provider_mlpipe.webhooks.dispatch import (
     airflow_settings,
     airflow_trigger,
 )
-from airflow_provider_mlpipe.webhooks.events import QUEUED, STATES, EventLog
+from airflow_provider_mlpipe.webhooks.events import PENDING, QUEUED, STATES, EventLog
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +190,17 @@ def create_app(
         try:
             record, _, outcome = await run_in_threadpool(dispatcher.accept, event, event_id)
         except Exception:
-            log.exception("ACR webhook: could not record event %s", event_id)
+            log.exception("ACR webhook: could not accept event %s", event_id)
             return JSONResponse(
-                {"detail": "event not recorded, try again", "event_id": event_id}, 503, {"Retry-After": "30"}
+                {"detail": "event not accepted, try again", "event_id": event_id}, 503, {"Retry-After": "30"}
             )
         body_out: dict[str, Any] = {
             "status": record.state,
             "event_id": record.event_id,
             "dag_id": record.dag_id,
-            "run_id": record.run_id,
+            # A pending event's run does not exist yet, but its id is already known (deterministic): the
+            # sender can look for it later.
+            "run_id": record.run_id or (record.event_id if record.state == PENDING else None),
             "image": record.image,
             "tag": record.tag,
             "reason": record.reason,

@@ -19,17 +19,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlpipe.exceptions import PendingError, RejectedError, RoutesConfigError
 from airflow_provider_mlpipe.webhooks.acr import (
     DEFAULT_REGISTRY_HOST,
     AcrPushEvent,
     PushData,
     Repository,
     Route,
-    RoutesConfigError,
     match_route,
     parse_routes,
     run_conf,
@@ -38,6 +38,7 @@ from airflow_provider_mlpipe.webhooks.events import (
     IGNORED,
     PENDING,
     QUEUED,
+    RECEIVED,
     REJECTED,
     EventLog,
     EventRecord,
@@ -134,14 +135,6 @@ class CachedSettings:
 
 
 # ------------------------------------------------------------------------------------------ triggering
-class PendingError(Exception):
-    """The run cannot be created now but may be later (DAG not parsed, database busy)."""
-
-
-class RejectedError(Exception):
-    """Airflow refused the run for good (the DAG's Params reject the conf, manual runs not allowed)."""
-
-
 @dataclass(frozen=True)
 class TriggerOutcome:
     run_id: str
@@ -331,23 +324,69 @@ class Dispatcher:
                 return record, created, None
             try:
                 updated, outcome = self.process(record)
-            except Exception:
-                # Recorded but the bookkeeping after it failed (database gone mid-request): the retry
-                # loop picks `received` events up once they are stale, so answer pending, not 5xx.
-                log.exception("ACR event %s recorded; processing failed, left for the retry loop", event_id)
-                return record, created, None
+            except Exception as err:
+                return self._left_for_retry(record, err), created, None
             return updated, created, outcome
+
+    def _left_for_retry(self, record: EventRecord, err: Exception) -> EventRecord:
+        """The event is recorded but processing it failed (e.g. the database dropped mid-request): make
+        sure the retry loop gets it, and return the `pending` event the answer reports."""
+        # The exception's type only: a database error's text may carry SQL and the event's conf.
+        reason = f"recorded, but processing failed ({type(err).__name__}); the run is created by a retry"
+        log.error(
+            "ACR event %s recorded; processing failed (%s), left for the retry loop",
+            record.event_id,
+            err,
+            exc_info=err,
+        )
+        try:
+            return self._pending(self.event_log(), record, reason)
+        except Exception as mark_err:
+            if record.state not in (RECEIVED, PENDING):
+                # A redelivery of a queued, ignored or rejected event: the retry loop never looks at those,
+                # so "pending" would promise a retry nobody makes. Failing makes the app answer 503 and the
+                # sender deliver again.
+                log.error(
+                    "ACR event %s: cannot mark it pending (%s); it stays %s, answering 503",
+                    record.event_id,
+                    mark_err,
+                    record.state,
+                )
+                raise
+            # The database is still down, so the event keeps the state it was recorded with. `pending` is
+            # retried on the next pass; `received` only once it is older than `stale_after` (a request
+            # that is still processing it must not race the retry loop), so that is the fallback here.
+            log.warning(
+                "ACR event %s: cannot mark it pending (%s); it stays %s, retried once older than %s",
+                record.event_id,
+                mark_err,
+                record.state,
+                self.stale_after,
+            )
+            return replace(record, state=PENDING, reason=reason)
 
     def retry_due(self) -> int:
         """One pass of the retry loop; returns how many events it moved out of pending."""
         events = self.event_log()
         done = 0
         for record in events.due(self.stale_after):
-            with self._lock_for(record.event_id):
-                current = events.get(record.event_id)
-                if current is None or current.state not in (PENDING, record.state):
-                    continue
-                updated, _ = self.process(current)
+            # One event's failure (its row, its update, the database blinking) must not hold back the
+            # rest of the pass or the pruning: that event is still due and the next pass tries it again.
+            try:
+                with self._lock_for(record.event_id):
+                    current = events.get(record.event_id)
+                    if current is None or current.state not in (PENDING, record.state):
+                        continue
+                    updated, _ = self.process(current)
+            except Exception as err:
+                log.warning(
+                    "ACR event %s: retry failed (%s: %s); trying again on the next pass",
+                    record.event_id,
+                    type(err).__name__,
+                    err,
+                    exc_info=True,
+                )
+                continue
             if updated.state != PENDING:
                 done += 1
                 log.info("ACR event %s retried: now %s", updated.event_id, updated.state)

@@ -16,9 +16,8 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes_asyncio.client.exceptions import ApiException as AsyncApiException
 
-from airflow_provider_mlpipe.exceptions import ConfigError, KubernetesRuntimeError
+from airflow_provider_mlpipe.exceptions import ConfigError, KubernetesRuntimeError, RetriesExhausted
 from airflow_provider_mlpipe.retries import (
-    RetriesExhausted,
     RetryPolicy,
     call_with_retry,
     call_with_retry_async,

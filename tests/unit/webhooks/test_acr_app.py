@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, event
 
+from airflow_provider_mlpipe.exceptions import PendingError, RejectedError
 from airflow_provider_mlpipe.webhooks.acr import DIGEST_PATTERN, Route, run_id_for
 from airflow_provider_mlpipe.webhooks.app import MAX_BODY_BYTES, TOKEN_HEADER, create_app
-from airflow_provider_mlpipe.webhooks.dispatch import (
-    PendingError,
-    RejectedError,
-    TriggerOutcome,
-    WebhookSettings,
-)
-from airflow_provider_mlpipe.webhooks.events import EventLog
+from airflow_provider_mlpipe.webhooks.dispatch import TriggerOutcome, WebhookSettings
+from airflow_provider_mlpipe.webhooks.events import EventLog, EventRecord
 
 SECRET = "s3cr3t-token_+/="
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -472,6 +470,134 @@ def test_broken_routes_keep_events_pending_until_fixed(h: Harness) -> None:
     assert resp.status_code == 202 and "routes configuration invalid" in resp.json()["reason"]
     h.configure(routes=ROUTES)
     assert h.client.app.state.dispatcher.retry_due() == 1  # type: ignore[attr-defined]
+
+
+def _dropped(statement: str) -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError(statement, {}, Exception("server closed the connection unexpectedly"))
+
+
+@dataclass
+class FlakyUpdates:
+    """`EventLog.update` failing like a dropped database: `failures` more times, or while `down`."""
+
+    real: Callable[..., EventRecord]
+    failures: int = 0
+    down: bool = False
+    failing_ids: set[str] = field(default_factory=set)
+
+    def __call__(self, event_id: str, **values: Any) -> EventRecord:
+        if self.down or event_id in self.failing_ids:
+            raise _dropped("UPDATE")
+        if self.failures > 0:
+            self.failures -= 1
+            raise _dropped("UPDATE")
+        return self.real(event_id, **values)
+
+
+def flaky_updates(h: Harness, monkeypatch: pytest.MonkeyPatch) -> FlakyUpdates:
+    flaky = FlakyUpdates(real=h.events.update)
+    monkeypatch.setattr(h.events, "update", flaky)
+    return flaky
+
+
+def test_event_log_failing_once_after_recording_answers_pending_and_a_retry_creates_the_run(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = flaky_updates(h, monkeypatch)
+    flaky.failures = 1
+    # The database dropped mid-request: the run insert failed, then so did recording that.
+    h.airflow.fail_with = _dropped("INSERT")
+    resp = h.post(payload())
+    run_id = run_id_for("mlpipe/fashion-trainer", DIGEST)
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["status"] == "pending"
+    assert body["run_id"] == body["event_id"] == run_id
+    assert "processing failed (OperationalError)" in body["reason"]
+    assert h.airflow.runs == {}
+    # Marked pending by the failure path, so the next pass retries it without waiting for it to go stale.
+    (event,) = h.events.recent()
+    assert event.state == "pending"
+    h.airflow.fail_with = None
+    assert h.client.app.state.dispatcher.retry_due() == 1  # type: ignore[attr-defined]
+    assert list(h.airflow.runs) == [("train", run_id)]
+    (event,) = h.events.recent()
+    assert event.state == "queued" and event.run_id == run_id
+
+
+def test_database_down_for_the_whole_request_answers_pending_and_the_stale_pickup_retries_it(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = flaky_updates(h, monkeypatch)
+    flaky.down = True
+    h.airflow.fail_with = _dropped("INSERT")
+    resp = h.post(payload())
+    assert resp.status_code == 202 and resp.json()["status"] == "pending", resp.text
+    assert resp.json()["run_id"] == run_id_for("mlpipe/fashion-trainer", DIGEST)
+    # It could not be marked pending: it keeps the state it was recorded with.
+    (event,) = h.events.recent()
+    assert event.state == "received"
+    flaky.down = False
+    h.airflow.fail_with = None
+    dispatcher = h.client.app.state.dispatcher  # type: ignore[attr-defined]
+    # Not stale yet: a request might still be processing it.
+    assert dispatcher.retry_due() == 0
+    assert h.airflow.runs == {}
+    dispatcher.stale_after = timedelta(0)
+    assert dispatcher.retry_due() == 1
+    assert list(h.airflow.runs) == [("train", event.event_id)]
+
+
+def test_redelivery_of_a_finished_event_that_cannot_be_processed_is_503_not_a_false_pending(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert h.post(payload()).status_code == 201
+    h.airflow.runs.clear()  # deleted: a redelivery would create it again
+    flaky = flaky_updates(h, monkeypatch)
+    flaky.down = True
+    h.airflow.fail_with = _dropped("INSERT")
+    resp = h.post(payload())
+    # The retry loop never looks at a queued event, so "pending" would be a promise nobody keeps.
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["Retry-After"] == "30"
+    flaky.down = False
+    h.airflow.fail_with = None
+    assert h.post(payload()).status_code == 201
+    assert len(h.airflow.runs) == 1
+
+
+def test_one_event_failing_in_a_retry_pass_does_not_hold_back_the_others_or_the_pruning(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = h.post(payload(repo="mlpipe/late")).json()["event_id"]
+    second = h.post(payload(repo="mlpipe/late", digest="sha256:" + "e" * 64)).json()["event_id"]
+    h.airflow.parsed.add("late_dag")
+    flaky = flaky_updates(h, monkeypatch)
+    flaky.failing_ids.add(first)  # due() returns the oldest first: the failing event comes before the other
+    pruned: list[timedelta] = []
+    real_prune = h.events.prune
+
+    def prune(older_than: timedelta) -> int:
+        pruned.append(older_than)
+        return real_prune(older_than)
+
+    monkeypatch.setattr(h.events, "prune", prune)
+    dispatcher = h.client.app.state.dispatcher  # type: ignore[attr-defined]
+    with caplog.at_level("WARNING"):
+        assert dispatcher.retry_due() == 1
+    states = {e.event_id: e.state for e in h.events.recent()}
+    assert states == {first: "pending", second: "queued"}
+    assert pruned == [timedelta(days=30)]
+    assert any(
+        first in r.getMessage() and "retry failed (OperationalError" in r.getMessage() for r in caplog.records
+    )
+    # The failing event is still due: once its bookkeeping works again, the next pass finishes it.
+    flaky.failing_ids.clear()
+    assert dispatcher.retry_due() == 1
+    event = h.events.get(first)
+    assert event is not None and event.state == "queued"
 
 
 def test_event_log_unavailable_is_503_and_nothing_claims_success(tmp_path: Path) -> None:

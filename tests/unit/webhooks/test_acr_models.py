@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from airflow_provider_mlpipe.exceptions import RoutesConfigError
 from airflow_provider_mlpipe.webhooks.acr import (
     DEFAULT_DAG_ID,
     AcrPushEvent,
     Route,
-    RoutesConfigError,
     image_reference,
     match_route,
     parse_routes,
