@@ -1,31 +1,28 @@
-"""The DAG's tasks, run once with runtime=kubernetes against an emulated Kubernetes API.
+"""The real DAG under a real Airflow (scheduler, dag-processor, triggerer and api-server as processes,
+SQLite, LocalExecutor), run once with runtime=kubernetes against an emulated Kubernetes API.
 
-What is real: the DAG file's own task objects with their templates rendered from the run's params and
-XComs; the operators, hooks and triggers talking HTTP to the API through the cncf-kubernetes provider;
-real TensorFlow training of a small subset; a real TF-Serving-compatible REST endpoint scored by the real
-AccuracySensor; the model store (file://, standing in for OSS).
+What is real: Airflow scheduling the DAG, deferring to the triggerer, branching at the gates, the approval
+given through `PATCH .../hitlDetails`; the operators, hooks and triggers talking HTTP to the API through the
+cncf-kubernetes provider; real TensorFlow training of a small subset; a real TF-Serving-compatible REST
+endpoint scored by the real AccuracySensor; the model store (file://, standing in for OSS).
 
 What is emulated, and how:
-- the Kubernetes API server: kmock + shim (tests/kubernetes_emulator.py); no scheduler, no Airflow DB:
-  the tasks run here in DAG order, deferrals are resumed by running their trigger inline;
+- the Kubernetes API server: kmock + shim (tests/kubernetes_emulator.py), served over HTTP from this test
+  process and given to every Airflow process as the `kubernetes_emulator` connection;
 - the kubelet and the controllers: `PodActor` below watches the emulated API and "runs" each pod spec by
   executing its containers' command and args as local processes, with the env from the manifest
   (secretKeyRef resolved from a fake Secret), `/models` and `/scratch` mapped to temporary directories;
   it writes the pod, its log and the Job / Deployment status back. TF Serving's main container
   (`tensorflow_model_server`) is replaced by its REST-compatible stand-in, serving_image/server.py, with
   the same flags (minus the gRPC `--port`);
-- cluster DNS, kube-proxy and the cloud load balancer: an HTTP proxy maps the Service's in-cluster name
-  (staging) and the load balancer hostname the actor assigns (production) to the local server's port;
-- the human approval, the accuracy gate's branching and the store promotion are not run here (they do
-  not depend on the runtime; the local end-to-end test runs them under a real Airflow).
+- cluster DNS, kube-proxy and the cloud load balancer: an HTTP proxy (HTTP_PROXY of the Airflow processes)
+  maps the Service's in-cluster name (staging) and the load balancer hostname the actor assigns
+  (production) to the local server's port.
 """
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import http.server
-import importlib.util
 import json
 import os
 import subprocess
@@ -39,22 +36,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
+from airflow_provider_mlpipe.demo.stack import COMPONENTS, AirflowClient, AirflowStack, StackConfig, free_port
 from airflow_provider_mlpipe.modelstore import open_store
-from tests.kubernetes_emulator import (
-    NAMESPACE,
-    EmulatedCluster,
-    FakeTaskInstance,
-    configure,
-    emulated_cluster,
-    first_event,
-    resume,
-)
+from tests.kubernetes_emulator import CONN_ID, FETCH_IMAGE, NAMESPACE, EmulatedCluster, emulated_cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
-RUN_ID = "manual__2026-02-01T00:00:00+00:00"
+DAG_ID = "mlpipe_fashion_mnist"
+
 FAKE_SECRET = {
     "mlpipe-oss": {"access_key_id": "LTAI5tE2EFAKEID", "access_key_secret": "e2e-fake-secret-value"}
 }
@@ -312,125 +303,165 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[EmulatedCluster, PodActor]]:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatedCluster, PodActor, Router]]:
     with emulated_cluster() as k8s:
-        configure(monkeypatch, k8s)
         router = Router()
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{router.server_port}")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-        actor = PodActor(k8s, router, tmp_path / "kubelet")
+        actor = PodActor(k8s, router, tmp_path_factory.mktemp("kubelet"))
         actor.start()
         try:
-            yield k8s, actor
+            yield k8s, actor, router
         finally:
             actor.stop()
             router.shutdown()
 
 
-async def _wait(trigger: Any, actor: PodActor) -> dict[str, Any]:
-    """The trigger's first event; fails at once if the actor playing the cluster broke."""
-    waiting = asyncio.ensure_future(first_event(trigger, timeout=300))
-    while not waiting.done():
-        if actor.error is not None:
-            waiting.cancel()
-            raise AssertionError(f"the emulated kubelet/controllers failed: {actor.error!r}") from actor.error
-        await asyncio.sleep(0.2)
-    return waiting.result()
-
-
-def _load_dag() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "mlpipe_dag_k8s_e2e", REPO / "dags" / "mlpipe_fashion_mnist.py"
+@pytest.fixture(scope="module")
+def stack(
+    cluster: tuple[EmulatedCluster, PodActor, Router],
+    tmp_path_factory: pytest.TempPathFactory,
+    fashion_mnist_dir: Path,
+) -> Iterator[AirflowStack]:
+    k8s, _, router = cluster
+    proxy = f"http://127.0.0.1:{router.server_port}"
+    # What every Airflow process sees: the emulated cluster as the Kubernetes connection, and cluster DNS
+    # (the Services' names, the load balancer's hostname) through the router; Airflow's own API on
+    # loopback bypasses it.
+    env = {
+        f"AIRFLOW_CONN_{CONN_ID.upper()}": k8s.connection_json(),
+        "HTTP_PROXY": proxy,
+        "http_proxy": proxy,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    airflow = AirflowStack(
+        StackConfig(
+            home=tmp_path_factory.mktemp("airflow-home"),
+            port=free_port(),
+            production_port=free_port(),
+            dataset_dir=str(fashion_mnist_dir),
+            extra_config={
+                "mlpipe": {
+                    "kubernetes_conn_id": CONN_ID,
+                    "kubernetes_namespace": NAMESPACE,
+                    "kubernetes_fetch_image": FETCH_IMAGE,
+                    "kubernetes_oss_secret": "mlpipe-oss",
+                }
+            },
+            component_env={component: env for component in COMPONENTS},
+        )
     )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
+    with airflow.running(DAG_ID):
+        yield airflow
+
+
+def _wait(admin: AirflowClient, actor: PodActor, run_id: str, **kwargs: Any) -> dict[str, str | None]:
+    """Wait for the run, failing at once if the actor playing the cluster broke."""
+
+    def check(_: dict[str, str | None]) -> None:
+        if actor.error is not None:
+            raise AssertionError(f"the emulated kubelet/controllers failed: {actor.error!r}") from actor.error
+
+    return admin.wait_for_run(DAG_ID, run_id, timeout=600, on_poll=check, **kwargs)
+
+
+def _in_order(calls: list[tuple[str, str, str]], expected: list[tuple[str, str, str]]) -> bool:
+    """Whether `expected` occurs in `calls` in this order (other calls may come between)."""
+    rest = iter(calls)
+    return all(call in rest for call in expected)
 
 
 def test_dag_runs_on_kubernetes(
-    cluster: tuple[EmulatedCluster, PodActor],
-    tmp_path: Path,
+    cluster: tuple[EmulatedCluster, PodActor, Router],
+    stack: AirflowStack,
+    tmp_path_factory: pytest.TempPathFactory,
     fashion_mnist_dir: Path,
-    capfd: pytest.CaptureFixture[str],
 ) -> None:
-    k8s, actor = cluster
-    from airflow.sdk.exceptions import TaskDeferred
-
-    from airflow_provider_mlpipe.sensors.accuracy import AccuracySensor
-
-    store_uri = (tmp_path / "models").as_uri()
-    dag = _load_dag()
-    params = copy.deepcopy(dag.params)
-    params.update(
-        {
-            "image": "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:e2e",
-            "digest": DIGEST,
-            "runtime": "kubernetes",
-            "model_store": store_uri,
-            "dataset": str(fashion_mnist_dir),
-            "evaluation_sample": 1000,
-            "verify_sample": 1000,
-            "min_accuracy": 0.3,
-            "hyperparameters": {"epochs": 2, "train_limit": 5000, "test_limit": 500, "threads": 2},
-            "kubernetes": {"cpu": "1", "memory": "2Gi", "replicas": 1},
-        }
-    )
-    values = params.validate()
-    ti = FakeTaskInstance(states={"deploy_production": "success"})
-    results: dict[str, Any] = {}
-
-    def run(task_id: str) -> Any:
-        task = dag.get_task(task_id)
-        ti.task_id = task_id
-        context: dict[str, Any] = {"dag": dag, "task": task, "ti": ti, "run_id": RUN_ID, "params": values}
-        task.render_template_fields(context)
-        if isinstance(task, AccuracySensor):
-            deadline = time.monotonic() + 120
-            while not (outcome := task.poke(context)):
-                assert time.monotonic() < deadline, task_id
-                time.sleep(0.5)
-            result = outcome.xcom_value  # type: ignore[union-attr]
-        else:
-            try:
-                result = task.execute(context)
-            except TaskDeferred as deferred:
-                event = asyncio.run(_wait(deferred.trigger, actor))
-                result = resume(task, context, deferred, event)
-        ti.xcoms[task_id, "return_value"] = result
-        results[task_id] = result
-        return result
-
-    # The @task's own callable: its operator wrapper wants the Task Runner's context.
-    results["validate_params"] = dag.get_task("validate_params").python_callable(params=values)
-    assert results["validate_params"]["runtime"] == "kubernetes"
-    trained = run("train")
-    assert trained["version"] == 1 and open_store(store_uri).is_published("fashion_mnist", 1)
-    staging = run("deploy_staging")
-    evaluated = run("evaluate_staging")
-    production = run("deploy_production")
-    verified = run("verify_production")
-    torn_down = run("teardown_staging")
-
+    k8s, actor, router = cluster
+    admin = stack.client("admin")
+    store_uri = tmp_path_factory.mktemp("models").as_uri()
+    conf = {
+        "image": "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:e2e",
+        "digest": DIGEST,
+        "runtime": "kubernetes",
+        "model_store": store_uri,
+        "dataset": str(fashion_mnist_dir),
+        "evaluation_sample": 1000,
+        "verify_sample": 1000,
+        "min_accuracy": 0.3,
+        "approvers": ["admin"],
+        "hyperparameters": {"epochs": 2, "train_limit": 5000, "test_limit": 500, "threads": 2},
+        "kubernetes": {"cpu": "1", "memory": "2Gi", "replicas": 1},
+    }
+    run_id = admin.trigger(DAG_ID, conf, run_id="k8s-e2e")
+    states = _wait(admin, actor, run_id, until_task=("approval", "awaiting_input"))
+    assert states["approval"] == "awaiting_input", states
+    # The writes up to the approval gate, in order: nothing reaches production before a person answers.
     job_name = k8s.names("jobs")[0]
+    evaluated = admin.xcom(DAG_ID, run_id, "evaluate_staging")
+    staging = admin.xcom(DAG_ID, run_id, "deploy_staging")
     staging_name = staging["name"]
-    prod_name = "serve-fashion-mnist-production"
     assert k8s.writes() == [
         ("create", "jobs", job_name),
         ("create", "deployments", staging_name),
         ("create", "services", staging_name),
-        ("create", "deployments", prod_name),
-        ("create", "services", prod_name),
-        ("delete(Foreground)", "deployments", staging_name),
-        ("delete(Foreground)", "services", staging_name),
     ]
+    assert admin.respond(DAG_ID, run_id, "approval", "Approve").status_code == 200
+    states = _wait(admin, actor, run_id)
+    assert admin.run_state(DAG_ID, run_id) == "success", states
+    for task in (
+        "train",
+        "deploy_staging",
+        "evaluate_staging",
+        "accuracy_gate",
+        "approval",
+        "deploy_production",
+        "verify_production",
+        "promote_model",
+        "teardown_staging",
+    ):
+        assert states[task] == "success", (task, states)
+    assert states["rollback_production"] == "skipped" and states["accuracy_rejected"] == "skipped"
+    assert admin.xcom(DAG_ID, run_id, "record_outcome")["outcome"] == "promoted"
+
+    # After the approval, production's rollout and staging's teardown run side by side: each in order.
+    prod_name = "serve-fashion-mnist-production"
+    writes = k8s.writes()
+    assert sorted(writes[3:]) == sorted(
+        [
+            ("create", "deployments", prod_name),
+            ("create", "services", prod_name),
+            ("delete(Foreground)", "deployments", staging_name),
+            ("delete(Foreground)", "services", staging_name),
+        ]
+    ), writes
+    assert _in_order(writes, [("create", "deployments", prod_name), ("create", "services", prod_name)])
+    assert _in_order(
+        writes,
+        [
+            ("delete(Foreground)", "deployments", staging_name),
+            ("delete(Foreground)", "services", staging_name),
+        ],
+    )
+    assert k8s.names("deployments") == [prod_name]
+
+    trained = admin.xcom(DAG_ID, run_id, "train")
+    production = admin.xcom(DAG_ID, run_id, "deploy_production")
+    verified = admin.xcom(DAG_ID, run_id, "verify_production")
+    assert trained["version"] == 1 and open_store(store_uri).is_published("fashion_mnist", 1)
     assert staging["url"] == f"http://{staging_name}.{NAMESPACE}.svc.cluster.local:8501"
     assert production["url"] == f"http://{prod_name}.lb.emulated.example:8501"
     assert production["version"] == evaluated["version"] == verified["version"] == 1
     assert 0.3 <= evaluated["accuracy"] <= 1.0 and evaluated["samples"] == 1000
-    assert torn_down["was"] == "deleted" and k8s.names("deployments") == [prod_name]
+    assert open_store(store_uri).get_alias("fashion_mnist", "production")["version"] == 1
+    # The production Service answers through the (emulated) load balancer.
+    proxies = {"http": f"http://127.0.0.1:{router.server_port}"}
+    status = requests.get(f"{production['url']}/v1/models/fashion_mnist", proxies=proxies, timeout=10).json()
+    assert status["model_version_status"][0] == {
+        "version": "1",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
 
     job = k8s.get("jobs", job_name)
     assert job is not None
@@ -438,13 +469,20 @@ def test_dag_runs_on_kubernetes(
     assert container["image"] == f"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
 
-    captured = capfd.readouterr()
-    log = captured.out + captured.err
-    assert "epoch 2/2" in log  # the training pod's log, copied into the task log by the trigger
-    everything = (
-        log
-        + json.dumps(results)
-        + json.dumps([k8s.get(k, n) for k in ("jobs", "deployments", "services") for n in k8s.names(k)])
+    # The training pod's log, copied into the train task's log by the trigger.
+    logs = stack.home / "logs"
+    train_log = "".join(
+        p.read_text(errors="replace") for p in logs.glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=train/*")
+    )
+    assert "epoch 2/2" in train_log
+    # No credential in any manifest, XCom or log file.
+    xcoms = [
+        admin.xcom(DAG_ID, run_id, t)
+        for t in ("train", "deploy_staging", "evaluate_staging", "deploy_production", "verify_production")
+    ]
+    everything = json.dumps(xcoms) + json.dumps(
+        [k8s.get(k, n) for k in ("jobs", "deployments", "services") for n in k8s.names(k)]
     )
     for secret in FAKE_SECRET["mlpipe-oss"].values():
         assert secret not in everything
+        assert not [p for p in logs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
