@@ -1,8 +1,8 @@
 """mlpipe_fashion_mnist: pushed training image -> trained, tested, human-approved model in production.
 
-train -> deploy staging -> accuracy gate -> human approval -> deploy production -> verify (or roll back)
--> promote in the model store. Staging is torn down in every outcome; the last task records how the run
-ended and fails the run if any step failed.
+train -> deploy staging (and point the store's `staging` alias at it) -> accuracy gate -> human approval
+-> deploy production -> verify (or roll back) -> promote in the model store. Staging is torn down in every
+outcome; the last task records how the run ended and fails the run if any step failed.
 
 Trigger it from the UI's trigger form, `airflow dags trigger mlpipe_fashion_mnist --conf '{...}'`,
 the REST API (`POST /api/v2/dags/mlpipe_fashion_mnist/dagRuns` with `conf`), or the ACR webhook.
@@ -17,7 +17,11 @@ from airflow.sdk import DAG, Param, XComArg, task
 from airflow.sdk.definitions.param import ParamsDict
 
 from airflow_provider_mlpipe.operators.gates import AccuracyGateOperator
-from airflow_provider_mlpipe.operators.model_store import ModelPromoteOperator, PipelineOutcomeOperator
+from airflow_provider_mlpipe.operators.model_store import (
+    ModelAliasOperator,
+    ModelPromoteOperator,
+    PipelineOutcomeOperator,
+)
 from airflow_provider_mlpipe.operators.serving import ServingDeployOperator, ServingTeardownOperator
 from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
 from airflow_provider_mlpipe.retries import MAX_ATTEMPTS, MAX_BASE_DELAY, MAX_MAX_DELAY, RetryPolicy
@@ -170,6 +174,14 @@ with DAG(
         runtime=RUNTIME,
         model_store=STORE,
     )
+    set_staging_alias = ModelAliasOperator(
+        task_id="set_staging_alias",
+        alias="staging",
+        model_name=MODEL,
+        version=XComArg(deploy_staging, key="version"),
+        model_store=STORE,
+        reason="deployed to staging",
+    )
     evaluate_staging = AccuracySensor(
         task_id="evaluate_staging",
         endpoint_url=XComArg(deploy_staging, key="url"),
@@ -254,6 +266,8 @@ with DAG(
     )
 
     validated >> train >> deploy_staging >> evaluate_staging >> accuracy_gate >> [approval, accuracy_rejected]
+    # Beside the evaluation, which need not wait for a store write; the gate waits for both.
+    deploy_staging >> set_staging_alias >> accuracy_gate
     [approval, accuracy_rejected] >> teardown_staging
     approval >> deploy_production >> verify_production >> promote_model
     [deploy_production, verify_production] >> rollback_production

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -66,6 +67,7 @@ DEFAULT_LEARNING_RATE = 0.003
 DEFAULT_SEED = 42
 
 TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class Terminated(BaseException):
@@ -131,7 +133,10 @@ _HELP: dict[str, str] = {
     "--dataset": (
         "dataset directory, file:// or oss:// URI (default: the shared local copy, else Keras download)"
     ),
-    "--model-store": "model store URI: file:///abs/path or a path (required)",
+    "--model-store": (
+        "model store URI: file:///abs/path, a path, or oss://bucket/prefix (credentials from OSS_ACCESS_KEY_ID, "
+        "OSS_ACCESS_KEY_SECRET, OSS_REGION / OSS_ENDPOINT) (required)"
+    ),
     "--model-name": f"model name in the store (default {DEFAULT_MODEL_NAME})",
     "--version": "version to publish, integer >= 1 (required)",
     "--epochs": f"training epochs (default {DEFAULT_EPOCHS})",
@@ -258,6 +263,17 @@ def validate_args(ns: argparse.Namespace) -> TrainConfig:
         run_id=_raw(ns, "--run-id")[0],
         scratch_dir=scratch,
     )
+
+
+def manifest_digest(image: str | None, digest: str | None) -> str | None:
+    """The digest the manifest records: `digest` when given, else the one a pinned `image` reference
+    (`repo@sha256:...`) carries, so a run started with a pinned reference alone still names its image."""
+    if digest:
+        return digest
+    _, at, pinned = (image or "").partition("@")
+    if at and _DIGEST_RE.fullmatch(pinned):
+        return pinned
+    return digest
 
 
 def _configure_logging() -> None:
@@ -463,7 +479,7 @@ def train_and_publish(config: TrainConfig) -> int:
         )
         manifest = {
             "image": config.image,
-            "digest": config.digest,
+            "digest": manifest_digest(config.image, config.digest),
             "run_id": config.run_id,
             "trainer": TRAINER_MODULE,
             "hyperparameters": config.hyperparameters(),

@@ -7,6 +7,8 @@
     aliases                       where production / staging / previous point now
     history ALIAS                 every change of an alias: version, run, approver, time, reason
     promote VERSION --approved-by WHO [--run-id ID]
+    set-alias ALIAS VERSION --reason TEXT [--approved-by WHO] [--run-id ID]
+                                  point staging or previous at a version (production: promote / rollback)
     rollback --reason TEXT [--requested-by WHO] [--run-id ID]
     retain --keep N [--grace-hours H] [--dry-run]
 
@@ -65,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("version", type=int)
     promote.add_argument("--approved-by", required=True)
     promote.add_argument("--run-id", default=None)
+    set_alias = sub.add_parser("set-alias", help="point staging or previous at a version")
+    set_alias.add_argument("alias")
+    set_alias.add_argument("version", type=int)
+    set_alias.add_argument("--reason", required=True)
+    set_alias.add_argument("--approved-by", default=None)
+    set_alias.add_argument("--run-id", default=None)
     rollback = sub.add_parser("rollback", help="move production back to its previous version")
     rollback.add_argument("--reason", required=True)
     rollback.add_argument("--requested-by", default=None)
@@ -123,6 +131,22 @@ def _run(args: argparse.Namespace) -> Any:
         return store.promote(
             model, args.version, run_id=args.run_id or _cli_run_id(), approved_by=args.approved_by, extra=None
         )
+    if args.command == "set-alias":
+        if args.alias == "production":
+            # promote and rollback also move `previous`; a bare alias change would leave it stale.
+            raise ConfigError(
+                "ALIAS", args.alias, "staging or previous (production: use promote or rollback)"
+            )
+        current = store.get_alias(model, args.alias)
+        return store.set_alias(
+            model,
+            args.alias,
+            args.version,
+            expected_generation=current["generation"] if current else None,
+            run_id=args.run_id or _cli_run_id(),
+            approved_by=args.approved_by or getpass.getuser(),
+            reason=args.reason,
+        )
     if args.command == "rollback":
         return store.rollback(
             model,
@@ -168,7 +192,7 @@ def _text(command: str, result: Any) -> str:
             )
             or "no history"
         )
-    if command in ("promote", "rollback"):
+    if command in ("promote", "rollback", "set-alias"):
         return f"{result['alias']} -> v{result['version']} (generation {result['generation']}): {result['reason']}"
     if command == "retain":
         verb = "would delete" if result["dry_run"] else "deleted"

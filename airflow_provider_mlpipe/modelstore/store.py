@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, ModelStoreError
+from airflow_provider_mlpipe.exceptions import (
+    AliasConflictError,
+    ConfigError,
+    ModelStoreError,
+    StoreBucketNotFound,
+    StoreNotFound,
+)
 from airflow_provider_mlpipe.modelstore.backends import Backend, FileBackend
 
 if TYPE_CHECKING:
@@ -31,6 +37,8 @@ _ALIAS_DIR = "_aliases"
 _EVENTS = "_events"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _CHUNK = 1 << 20
+# Fields of a production record that describe the version itself; a rollback carries them over.
+_ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest")
 
 
 def _now() -> str:
@@ -196,15 +204,43 @@ class ModelStore:
         return final
 
     def read_manifest(self, model_name: str, version: int) -> dict[str, Any]:
+        """The manifest of a published version, checked against the sha256 its completion marker recorded
+        (a ModelStoreError naming the manifest's key when it was changed or damaged after publishing)."""
+        return self._read_published(model_name, version)[0]
+
+    def _read_published(self, model_name: str, version: int) -> tuple[dict[str, Any], bytes, bytes]:
+        """(manifest, the manifest's stored bytes, the marker's stored bytes) of a published version."""
         name, version = check_model_name(model_name), check_version(version)
-        if not self.is_published(name, version):
-            raise ModelStoreError(f"{self.uri}/{name}/{version} is not a published version")
-        data: dict[str, Any] = json.loads(self.backend.get_bytes(f"{name}/{version}/{MANIFEST}"))
-        return data
+        prefix = f"{name}/{version}"
+        try:
+            # The marker is read rather than probed: its content is what the manifest is checked against.
+            marker = self.backend.get_bytes(f"{prefix}/{MARKER}")
+        except StoreBucketNotFound:
+            raise
+        except StoreNotFound:
+            raise ModelStoreError(f"{self.uri}/{prefix} is not a published version") from None
+        try:
+            expected = json.loads(marker)["manifest_sha256"]
+        except (ValueError, KeyError, TypeError):
+            expected = None
+        if not isinstance(expected, str):
+            raise ModelStoreError(
+                f"{self.uri}/{prefix}/{MARKER}: completion marker holds no manifest_sha256, so the manifest "
+                "cannot be verified (the marker was damaged or not written by ModelStore.publish)"
+            )
+        body = self.backend.get_bytes(f"{prefix}/{MANIFEST}")
+        actual = hashlib.sha256(body).hexdigest()
+        if actual != expected:
+            raise ModelStoreError(
+                f"{self.uri}/{prefix}/{MANIFEST}: sha256 {actual} does not match the {expected} its completion "
+                f"marker recorded at publish time (the manifest was changed or damaged since)"
+            )
+        manifest: dict[str, Any] = json.loads(body)
+        return manifest, body, marker
 
     def fetch(self, model_name: str, version: int, dest: Path) -> Path:
-        """Download a published version into `dest/<version>` and verify every file's sha256."""
-        manifest = self.read_manifest(model_name, version)
+        """Download a published version into `dest/<version>` and verify every file's size and sha256."""
+        manifest, manifest_body, marker = self._read_published(model_name, version)
         target = Path(dest) / str(version)
         Path(dest).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest, prefix=f".{version}.") as tmp:
@@ -212,14 +248,15 @@ class ModelStore:
             for entry in manifest["files"]:
                 out = staging / entry["path"]
                 self.backend.get_file(f"{model_name}/{version}/{entry['path']}", out)
-                actual = sha256_file(out)
-                if actual != entry["sha256"]:
+                size, actual = out.stat().st_size, sha256_file(out)
+                if size != entry["size"] or actual != entry["sha256"]:
                     raise ModelStoreError(
-                        f"{self.uri}/{model_name}/{version}/{entry['path']}: sha256 {actual} does not match "
-                        f"the manifest's {entry['sha256']}"
+                        f"{self.uri}/{model_name}/{version}/{entry['path']}: sha256 {actual} ({size} bytes) "
+                        f"does not match the manifest's {entry['sha256']} ({entry['size']} bytes)"
                     )
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            (staging / MARKER).write_text("{}")
+            # The stored bytes as they are: the copy verifies as a version of a file:// store would.
+            (staging / MANIFEST).write_bytes(manifest_body)
+            (staging / MARKER).write_bytes(marker)
             if target.exists():
                 raise ModelStoreError(f"cannot fetch {model_name} v{version}: {target} already exists")
             staging.rename(target)
@@ -335,7 +372,8 @@ class ModelStore:
             extra=extra,
         )
         if current:
-            self._set_previous(model_name, current["version"], run_id, None, f"replaced by v{version}")
+            # `previous` moves because of this promotion: its record names the approver of that promotion.
+            self._set_previous(model_name, current["version"], run_id, approved_by, f"replaced by v{version}")
         return record
 
     def _set_previous(
@@ -374,7 +412,8 @@ class ModelStore:
             run_id=run_id,
             approved_by=requested_by,
             reason=f"rollback from v{current['version']}: {reason}",
-            extra={key: target[key] for key in ("accuracy",) if key in target},
+            # What the earlier promotion recorded about the version, so the record describes what now serves.
+            extra={key: target[key] for key in _ROLLBACK_CARRIED if key in target},
         )
         # The version rolled away from becomes `previous`: retention keeps it, and a second rollback (or a
         # promote) can bring it back once it is fixed.

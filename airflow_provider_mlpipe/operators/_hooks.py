@@ -28,13 +28,17 @@ class RetryPolicyMixin:
 
 
 class StoreHookMixin(RetryPolicyMixin):
-    """`store_hook` for operators with a `model_store` URI attribute (None: `[mlpipe] model_store`)."""
+    """`store_hook` for operators with a `model_store` URI attribute (None: `[mlpipe] model_store`) and an
+    `oss_conn_id` attribute (the Airflow connection an oss:// store is opened with)."""
 
     model_store: str | None
+    oss_conn_id: str
 
     @cached_property
     def store_hook(self) -> ModelStoreHook:
-        return ModelStoreHook(self.model_store, retry=self.transient_retry_policy)
+        return ModelStoreHook(
+            self.model_store, oss_conn_id=self.oss_conn_id, retry=self.transient_retry_policy
+        )
 
 
 class RuntimeHooksMixin(RetryPolicyMixin):

@@ -43,6 +43,7 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
     The decision (with its reason and the production figure it was compared with) is pushed as XCom
     key `decision`.
 
+    :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
@@ -66,6 +67,7 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         fail_task_id: str,
         model_name: str = "fashion_mnist",
         model_store: str | None = None,
+        oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -77,6 +79,7 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         self.fail_task_id = fail_task_id
         self.model_name = model_name
         self.model_store = model_store
+        self.oss_conn_id = oss_conn_id
         self.transient_retry = transient_retry
 
     def choose_branch(self, context: Context) -> str | Iterable[str]:

@@ -1,4 +1,5 @@
-"""Model store operators: promote a version to production, and record how a run ended."""
+"""Model store operators: point an alias at a version, promote a version to production, and record how a
+run ended."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_mlpipe.exceptions import ConfigError, MlpipeError
+from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, MlpipeError
+from airflow_provider_mlpipe.modelstore.store import ALIASES
 from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
 from airflow_provider_mlpipe.runs import run_key
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+# production moves only through an approved promotion or a rollback, which also keep `previous` in step.
+SETTABLE_ALIASES = tuple(alias for alias in ALIASES if alias != "production")
 
 
 def _approver(approval: object) -> str | None:
@@ -23,11 +29,110 @@ def _approver(approval: object) -> str | None:
     return None
 
 
+def _version(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigError("version", value, "an integer model version") from None
+
+
+class ModelAliasOperator(StoreHookMixin, BaseOperator):
+    """Point alias `alias` (`staging` or `previous`) of `model_name` at `version`, recording this run and
+    `reason` in the alias' history (the DAG does it once a version serves on staging).
+
+    These aliases record what happened, not a decision: when another run moved the alias between our read
+    and our write, the alias is read and set again, up to `conflict_attempts` times. A retry of a task that
+    already set the alias changes nothing.
+
+    XCom: the alias record (alias, version, generation, run, reason, time).
+
+    :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
+    :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
+    """
+
+    template_fields: Sequence[str] = (
+        *BaseOperator.template_fields,
+        "alias",
+        "model_name",
+        "version",
+        "model_store",
+        "reason",
+        "transient_retry",
+    )
+
+    def __init__(
+        self,
+        *,
+        alias: str,
+        version: int | str | Any,
+        model_name: str = "fashion_mnist",
+        model_store: str | None = None,
+        reason: str = "",
+        conflict_attempts: int = 5,
+        oss_conn_id: str = "oss_default",
+        transient_retry: dict[str, Any] | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if conflict_attempts < 1:
+            raise ConfigError("conflict_attempts", conflict_attempts, "an integer >= 1")
+        self.alias = alias
+        self.version = version
+        self.model_name = model_name
+        self.model_store = model_store
+        self.reason = reason
+        self.conflict_attempts = conflict_attempts
+        self.oss_conn_id = oss_conn_id
+        self.transient_retry = transient_retry
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if self.alias not in SETTABLE_ALIASES:
+            raise ConfigError(
+                "alias",
+                self.alias,
+                f"one of {', '.join(SETTABLE_ALIASES)} (production moves through ModelPromoteOperator)",
+            )
+        version = _version(self.version)
+        run = run_key(context)
+        store = self.store_hook.store
+        attempt = 1
+        while True:
+            current = store.get_alias(self.model_name, self.alias)
+            if current and current.get("version") == version and current.get("run_id") == run:
+                self.log.info(
+                    "%s %s already points at v%s for this run", self.model_name, self.alias, version
+                )
+                return current
+            try:
+                record = store.set_alias(
+                    self.model_name,
+                    self.alias,
+                    version,
+                    expected_generation=current["generation"] if current else None,
+                    run_id=run,
+                    reason=self.reason,
+                )
+            except AliasConflictError as err:
+                if attempt >= self.conflict_attempts:
+                    raise
+                attempt += 1
+                self.log.info("%s; reading %s again (attempt %d)", err, self.alias, attempt)
+                continue
+            self.log.info(
+                "%s %s -> v%s (generation %s)", self.model_name, self.alias, version, record["generation"]
+            )
+            return record
+
+
 class ModelPromoteOperator(StoreHookMixin, BaseOperator):
     """Point the store's `production` alias at `version` (compare-and-swap; the old one becomes `previous`).
 
     XCom: the new alias record (version, run, approver, accuracy, time).
 
+    When another run moves `production` first, the task fails at once, without its retries: a retry would
+    read the new alias and replace the other run's model on an approval given against the old one.
+
+    :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
@@ -51,6 +156,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         approval: dict[str, Any] | Any = None,
         evaluation: dict[str, Any] | Any = None,
         training: dict[str, Any] | Any = None,
+        oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -61,27 +167,47 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         self.approval = approval
         self.evaluation = evaluation
         self.training = training
+        self.oss_conn_id = oss_conn_id
         self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
-            version = int(self.version)
-        except (TypeError, ValueError):
-            raise ConfigError("version", self.version, "an integer model version") from None
+        version = _version(self.version)
         evaluation = self.evaluation if isinstance(self.evaluation, dict) else {}
         training = self.training if isinstance(self.training, dict) else {}
-        record = self.store_hook.store.promote(
-            self.model_name,
-            version,
-            run_id=run_key(context),
-            approved_by=_approver(self.approval),
-            extra={
-                "accuracy": evaluation.get("accuracy"),
-                "evaluated_samples": evaluation.get("samples"),
-                "image": training.get("image"),
-                "digest": training.get("digest"),
-            },
-        )
+        run = run_key(context)
+        store = self.store_hook.store
+        try:
+            record = store.promote(
+                self.model_name,
+                version,
+                run_id=run,
+                approved_by=_approver(self.approval),
+                extra={
+                    "accuracy": evaluation.get("accuracy"),
+                    "evaluated_samples": evaluation.get("samples"),
+                    "image": training.get("image"),
+                    "digest": training.get("digest"),
+                },
+            )
+        except AliasConflictError as err:
+            winner = store.get_alias(self.model_name, "production") or {}
+            if winner.get("run_id") == run and winner.get("version") == version:
+                # Production is ours and only the `previous` bookkeeping lost a race; a retry would not
+                # redo it either (promote() finds production at this version already).
+                self.log.warning(
+                    "%s production -> v%s, but alias previous was not updated: %s",
+                    self.model_name,
+                    version,
+                    err,
+                )
+                return winner
+            raise AirflowFailException(
+                f"alias production of {self.model_name} in {store.uri} was moved by run "
+                f"{winner.get('run_id')!r} to v{winner.get('version')} (generation {winner.get('generation')}, "
+                f"approved by {winner.get('approved_by')}) while run {run!r} promoted v{version}: not retried, "
+                f"because promoting v{version} over it needs a new approval (a new pipeline run, or "
+                f"`python -m airflow_provider_mlpipe.modelstore promote {version} --approved-by WHO`)"
+            ) from err
         self.log.info("%s production -> v%s (generation %s)", self.model_name, version, record["generation"])
         return record
 
@@ -92,6 +218,7 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
     Writes an event under the model in the store (promoted, rejected by the gate, rejected by a person,
     failed) and fails itself when any step failed, so the run's state tells the truth.
 
+    :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
@@ -111,6 +238,7 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
         gate_task_id: str = "accuracy_gate",
         approval_task_id: str = "approval",
         promote_task_id: str = "promote_model",
+        oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -121,6 +249,7 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
         self.gate_task_id = gate_task_id
         self.approval_task_id = approval_task_id
         self.promote_task_id = promote_task_id
+        self.oss_conn_id = oss_conn_id
         self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:

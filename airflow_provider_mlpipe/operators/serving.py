@@ -74,6 +74,8 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         (ClusterIP for staging, LoadBalancer for production).
     :param service_annotations: Kubernetes: e.g. the cloud's load balancer settings.
     :param kubernetes_conn_id: / :param namespace: as for KubeTrainJobOperator.
+    :param oss_conn_id: Airflow connection (type `oss`) this task reads an oss:// store with (local
+        serving fetches the version through it); pods read the `[mlpipe] kubernetes_oss_secret` Secret.
     :param transient_retry: in-task retries of transient errors (Kubernetes API, object store), as for
         KubeTrainJobOperator; the trigger gets it too.
     """
@@ -112,6 +114,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         service_annotations: dict[str, str] | None = None,
         kubernetes_conn_id: str | None = None,
         namespace: str | None = None,
+        oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -134,6 +137,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         self.service_annotations = service_annotations or {}
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
+        self.oss_conn_id = oss_conn_id
         self.transient_retry = transient_retry
         if version is None and from_alias is None:
             raise ConfigError("version", version, "a model version, or from_alias to resolve one")

@@ -58,6 +58,9 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
     :param ttl_seconds_after_finished: Kubernetes: how long a finished Job is kept for inspection.
     :param kubernetes_conn_id: / :param namespace: Kubernetes: default `[mlpipe] kubernetes_conn_id`,
         `[mlpipe] kubernetes_namespace` (else the connection's namespace, else `mlpipe`).
+    :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store: this task reads the store with
+        it and a local training process gets its keys; Kubernetes pods read the
+        `[mlpipe] kubernetes_oss_secret` Secret instead.
     :param transient_retry: in-task retries of transient errors (Kubernetes API, object store), e.g.
         {"attempts": 8, "base_delay": 0.5, "max_delay": 60}; None: `RetryPolicy()`. The trigger gets it too.
         (The DAG passes its `retry_policy` Param; Airflow's own `retry_policy` argument is another thing.)
@@ -102,6 +105,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         ttl_seconds_after_finished: int = 24 * 3600,
         kubernetes_conn_id: str | None = None,
         namespace: str | None = None,
+        oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -128,6 +132,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
+        self.oss_conn_id = oss_conn_id
         self.transient_retry = transient_retry
 
     def _process_name(self, version: int) -> str:

@@ -531,9 +531,9 @@ class _Handler(BaseHTTPRequestHandler):
                 items.append(f"<CommonPrefixes><Prefix>{enc(k)}</Prefix></CommonPrefixes>")
             else:
                 items.append(
-                    f"<Contents><Key>{enc(k)}</Key><LastModified>{_iso(obj.mtime)}</LastModified>"
-                    f'<ETag>"{obj.etag}"</ETag><Type>{"Multipart" if obj.multipart else "Normal"}</Type>'
-                    f"<Size>{len(obj.data)}</Size><StorageClass>Standard</StorageClass></Contents>"
+                    f"<Contents><Key>{enc(k)}</Key><LastModified>{_iso(entry.mtime)}</LastModified>"
+                    f'<ETag>"{entry.etag}"</ETag><Type>{"Multipart" if entry.multipart else "Normal"}</Type>'
+                    f"<Size>{len(entry.data)}</Size><StorageClass>Standard</StorageClass></Contents>"
                 )
         xml = (
             f"<ListBucketResult><Name>{bucket}</Name><Prefix>{enc(prefix)}</Prefix><Marker>{enc(marker)}</Marker>"

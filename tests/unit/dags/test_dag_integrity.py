@@ -37,7 +37,9 @@ def test_pipeline_shape(dagbag) -> None:
         ("validate_params", "train"),
         ("train", "deploy_staging"),
         ("deploy_staging", "evaluate_staging"),
+        ("deploy_staging", "set_staging_alias"),
         ("evaluate_staging", "accuracy_gate"),
+        ("set_staging_alias", "accuracy_gate"),
         ("accuracy_gate", "approval"),
         ("accuracy_gate", "accuracy_rejected"),
         ("approval", "deploy_production"),
@@ -56,6 +58,7 @@ def test_pipeline_shape(dagbag) -> None:
     assert dag.task_dict["teardown_staging"].is_teardown
     assert dag.task_dict["rollback_production"].trigger_rule == "one_failed"
     assert dag.task_dict["record_outcome"].trigger_rule == "all_done"
+    assert dag.task_dict["set_staging_alias"].alias == "staging"
     # Waiting for a person must not be retried into a second request.
     assert dag.task_dict["approval"].retries == 0
     assert dag.task_dict["train"].retries == 2
@@ -127,6 +130,7 @@ def test_retry_policy_param_reaches_every_provider_operator(dagbag) -> None:
     assert takes_policy == {
         "train",
         "deploy_staging",
+        "set_staging_alias",
         "evaluate_staging",
         "accuracy_gate",
         "teardown_staging",

@@ -498,3 +498,89 @@ def test_invalid_model_names(store: ModelStore, src: Path, name: object) -> None
     assert info.value.value == name
     with pytest.raises(ConfigError):
         store.reserve_version(name, "run")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- manifest integrity
+
+
+def test_read_manifest_detects_a_tampered_manifest(store: ModelStore, root: Path, src: Path) -> None:
+    publish(store, src, 1, metrics={"test_accuracy": 0.81})
+    path = root / MODEL / "1" / MANIFEST
+    tampered = json.loads(path.read_text())
+    tampered["metrics"]["test_accuracy"] = 0.99
+    path.write_text(json.dumps(tampered, indent=2, sort_keys=True))
+    with pytest.raises(ModelStoreError) as info:
+        store.read_manifest(MODEL, 1)
+    message = str(info.value)
+    assert f"{store.uri}/{MODEL}/1/{MANIFEST}" in message and "completion marker" in message
+    # Fetching reads the manifest first: nothing is copied from a version whose manifest lies.
+    with pytest.raises(ModelStoreError, match="completion marker"):
+        store.fetch(MODEL, 1, root.parent / "serving")
+    assert not (root.parent / "serving" / "1").exists()
+
+
+def test_read_manifest_refuses_a_marker_without_the_manifest_sha256(
+    store: ModelStore, root: Path, src: Path
+) -> None:
+    publish(store, src, 1)
+    (root / MODEL / "1" / MARKER).write_text("{}")
+    with pytest.raises(ModelStoreError) as info:
+        store.read_manifest(MODEL, 1)
+    assert f"{store.uri}/{MODEL}/1/{MARKER}" in str(info.value) and "manifest_sha256" in str(info.value)
+
+
+def test_fetched_copy_keeps_the_stored_manifest_and_marker(
+    store: ModelStore, src: Path, tmp_path: Path
+) -> None:
+    published = publish(store, src, 1)
+    target = store.fetch(MODEL, 1, tmp_path / "serving" / MODEL)
+    # The copy is itself a valid store layout: its manifest still verifies against its marker.
+    copy = open_store((tmp_path / "serving").as_uri())
+    assert copy.read_manifest(MODEL, 1) == published
+    assert (target / MARKER).read_bytes() == (store.local_version_dir(MODEL, 1) / MARKER).read_bytes()
+
+
+def test_fetch_detects_a_file_of_the_wrong_size(
+    store: ModelStore, root: Path, src: Path, tmp_path: Path
+) -> None:
+    publish(store, src, 1)
+    rel = "variables/variables.index"
+    (root / MODEL / "1" / rel).write_bytes(SAVED_MODEL_FILES[rel][:-2])
+    with pytest.raises(ModelStoreError) as info:
+        store.fetch(MODEL, 1, tmp_path / "serving")
+    message, size = str(info.value), len(SAVED_MODEL_FILES[rel])
+    assert f"{store.uri}/{MODEL}/1/{rel}: sha256 " in message
+    assert f"({size - 2} bytes) does not match" in message and f"({size} bytes)" in message
+
+
+# ------------------------------------------------------------------------ what alias records carry
+
+
+def test_previous_names_the_approver_of_the_promotion_that_displaced_it(three_versions: ModelStore) -> None:
+    store = three_versions
+    store.promote(MODEL, 1, run_id="r1", approved_by="alice", extra=None)
+    store.promote(MODEL, 2, run_id="r2", approved_by="bob", extra=None)
+    prev = store.get_alias(MODEL, "previous")
+    assert prev is not None
+    assert (prev["version"], prev["run_id"], prev["approved_by"]) == (1, "r2", "bob")
+
+
+def test_rollback_carries_the_image_and_digest_of_the_version_it_restores(three_versions: ModelStore) -> None:
+    store = three_versions
+    first = {
+        "accuracy": 0.81,
+        "evaluated_samples": 1000,
+        "image": "reg/ns/train:1",
+        "digest": "sha256:" + "a" * 64,
+    }
+    store.promote(MODEL, 1, run_id="r1", approved_by="alice", extra=first)
+    second = {
+        "accuracy": 0.85,
+        "evaluated_samples": 1000,
+        "image": "reg/ns/train:2",
+        "digest": "sha256:" + "b" * 64,
+    }
+    store.promote(MODEL, 2, run_id="r2", approved_by="bob", extra=second)
+    record = store.rollback(MODEL, run_id="rb", requested_by="carol", reason="latency")
+    assert record["version"] == 1
+    assert {key: record[key] for key in first} == first

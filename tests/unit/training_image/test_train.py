@@ -157,6 +157,31 @@ def test_help_and_validation_do_not_import_tensorflow() -> None:
     assert result.returncode == 2, result.stderr
 
 
+DIGEST = "sha256:" + "cd" * 32
+
+
+@pytest.mark.parametrize(
+    ("image", "digest", "recorded"),
+    [
+        (f"registry.example/ns/train@{DIGEST}", None, DIGEST),  # pinned reference alone: its digest
+        (f"registry.example:5000/ns/train:1@{DIGEST}", "", DIGEST),
+        (f"registry.example/ns/train@{DIGEST}", "sha256:" + "ab" * 32, "sha256:" + "ab" * 32),  # given wins
+        ("registry.example/ns/train:1", "", ""),  # nothing to take it from
+        ("registry.example/ns/train@sha256:short", None, None),  # not a digest
+        (None, None, None),
+    ],
+)
+def test_manifest_digest_falls_back_to_the_pinned_image_reference(
+    image: str | None, digest: str | None, recorded: str | None
+) -> None:
+    assert train.manifest_digest(image, digest) == recorded
+
+
+def test_model_store_help_names_every_scheme() -> None:
+    text = train.build_parser().format_help()
+    assert "file:///abs/path" in text and "oss://bucket/prefix" in text
+
+
 def test_script_mode_help() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "training_image" / "train.py"), "--help"],

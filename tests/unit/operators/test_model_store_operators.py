@@ -1,0 +1,185 @@
+"""ModelPromoteOperator and ModelAliasOperator on a real file:// store: a lost promotion race fails the task
+for good (its retries would promote over the winner without a new approval); staging aliases are recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError
+from airflow_provider_mlpipe.modelstore import ModelStore, open_store
+from airflow_provider_mlpipe.modelstore.backends import FileBackend
+from airflow_provider_mlpipe.operators.model_store import ModelAliasOperator, ModelPromoteOperator
+
+MODEL = "fashion_mnist"
+DAG_ID = "mlpipe_fashion_mnist"
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+RUN = f"{DAG_ID}/{RUN_ID}"
+APPROVAL = {"chosen_options": ["Approve"], "responded_by_user": {"id": "1", "name": "alice"}}
+
+
+class RivalBackend(FileBackend):
+    """The real file backend, except that right before this store's first write of an `alias` record
+    another writer (`rival`, on its own store) moves that alias: the rival wins the race."""
+
+    def __init__(self, root: Path, alias: str, rival: Callable[[], object], times: int = 1) -> None:
+        super().__init__(root)
+        self.alias = alias
+        self.rival = rival
+        self.times = times
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        if self.times and f"/_aliases/{self.alias}/" in key:
+            self.times -= 1
+            self.rival()
+        return super().put_if_absent(key, data)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    src = tmp_path / "export"
+    src.mkdir()
+    (src / "saved_model.pb").write_bytes(b"graph")
+    store = open_store(root.as_uri())
+    for version in (1, 2, 3):
+        store.publish(MODEL, version, src, {"run_id": f"run-{version}"})
+    return root
+
+
+def context() -> Any:
+    return {"dag": SimpleNamespace(dag_id=DAG_ID), "run_id": RUN_ID}
+
+
+def with_store(operator: Any, store: ModelStore) -> Any:
+    # The operator's own hook, opened on a store whose backend lets a rival write first.
+    operator.store_hook.__dict__["store"] = store
+    return operator
+
+
+def promote_operator(root: Path, version: int = 2) -> ModelPromoteOperator:
+    return ModelPromoteOperator(
+        task_id="promote_model",
+        version=version,
+        model_store=root.as_uri(),
+        approval=APPROVAL,
+        evaluation={"accuracy": 0.9, "samples": 1000},
+        training={"image": "reg/ns/train:2", "digest": "sha256:" + "b" * 64},
+    )
+
+
+def test_promote_records_production_with_approver_and_evidence(root: Path) -> None:
+    record = promote_operator(root).execute(context())
+    assert (record["version"], record["run_id"], record["approved_by"]) == (2, RUN, "alice")
+    assert (record["accuracy"], record["image"]) == (0.9, "reg/ns/train:2")
+    assert open_store(root.as_uri()).get_alias(MODEL, "production") == record
+
+
+def test_a_lost_promotion_race_fails_without_retry_naming_the_winner(root: Path) -> None:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+
+    def rival() -> object:
+        return open_store(root.as_uri()).promote(MODEL, 3, run_id="dag/rival", approved_by="dave", extra=None)
+
+    operator = with_store(promote_operator(root), ModelStore(RivalBackend(root, "production", rival)))
+    with pytest.raises(AirflowFailException) as info:
+        operator.execute(context())
+    message = str(info.value)
+    assert "alias production of fashion_mnist" in message
+    assert "'dag/rival' to v3" in message and "approved by dave" in message
+    assert f"run {RUN!r} promoted v2" in message and "needs a new approval" in message
+    assert isinstance(info.value.__cause__, AliasConflictError)
+    # The winner stays in production: nothing was written over it.
+    current = store.get_alias(MODEL, "production")
+    assert current is not None and (current["version"], current["run_id"]) == (3, "dag/rival")
+    assert [h["version"] for h in store.alias_history(MODEL, "production")] == [1, 3]
+
+
+def test_a_lost_race_for_previous_keeps_the_won_production(root: Path) -> None:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+
+    def rival() -> object:
+        return open_store(root.as_uri()).set_alias(
+            MODEL, "previous", 3, expected_generation=None, run_id="dag/other", reason="by hand"
+        )
+
+    operator = with_store(promote_operator(root), ModelStore(RivalBackend(root, "previous", rival)))
+    record = operator.execute(context())
+    assert (record["version"], record["run_id"]) == (2, RUN)
+    current = store.get_alias(MODEL, "production")
+    assert current is not None and current["version"] == 2
+
+
+def alias_operator(root: Path, **kwargs: Any) -> ModelAliasOperator:
+    return ModelAliasOperator(
+        task_id="set_staging_alias",
+        alias=kwargs.pop("alias", "staging"),
+        version=kwargs.pop("version", "2"),
+        model_store=root.as_uri(),
+        reason="deployed to staging",
+        **kwargs,
+    )
+
+
+def test_alias_operator_records_staging_once_per_run(root: Path) -> None:
+    record = alias_operator(root).execute(context())
+    assert (record["alias"], record["version"], record["generation"]) == ("staging", 2, 1)
+    assert (record["run_id"], record["reason"]) == (RUN, "deployed to staging")
+    # A retry of the task finds its own record and writes nothing.
+    assert alias_operator(root).execute(context()) == record
+    assert len(open_store(root.as_uri()).alias_history(MODEL, "staging")) == 1
+
+
+def test_alias_operator_sets_again_after_another_run_moved_the_alias(root: Path) -> None:
+    def rival() -> object:
+        other = open_store(root.as_uri())
+        current = other.get_alias(MODEL, "staging")
+        return other.set_alias(
+            MODEL,
+            "staging",
+            3,
+            expected_generation=current["generation"] if current else None,
+            run_id="dag/other",
+        )
+
+    operator = with_store(alias_operator(root), ModelStore(RivalBackend(root, "staging", rival)))
+    record = operator.execute(context())
+    assert (record["version"], record["generation"], record["run_id"]) == (2, 2, RUN)
+    history = open_store(root.as_uri()).alias_history(MODEL, "staging")
+    assert [(h["version"], h["run_id"]) for h in history] == [(3, "dag/other"), (2, RUN)]
+
+
+def test_alias_operator_gives_up_after_conflict_attempts(root: Path) -> None:
+    def rival() -> object:
+        other = open_store(root.as_uri())
+        current = other.get_alias(MODEL, "staging")
+        return other.set_alias(
+            MODEL, "staging", 3, expected_generation=current["generation"] if current else None, run_id="x"
+        )
+
+    backend = RivalBackend(root, "staging", rival, times=2)
+    operator = with_store(alias_operator(root, conflict_attempts=2), ModelStore(backend))
+    with pytest.raises(AliasConflictError, match="alias staging of fashion_mnist"):
+        operator.execute(context())
+
+
+def test_alias_operator_leaves_production_to_promotion(root: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        alias_operator(root, alias="production").execute(context())
+    assert info.value.field == "alias" and "ModelPromoteOperator" in str(info.value)
+    assert open_store(root.as_uri()).get_alias(MODEL, "production") is None
+    with pytest.raises(ConfigError, match="conflict_attempts"):
+        alias_operator(root, conflict_attempts=0)
+
+
+def test_alias_operator_can_set_previous_by_hand(root: Path) -> None:
+    alias_operator(root, alias="previous", version=1).execute(context())
+    current = open_store(root.as_uri()).get_alias(MODEL, "previous")
+    assert current is not None and (current["version"], current["run_id"]) == (1, RUN)
