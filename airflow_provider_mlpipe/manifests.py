@@ -470,14 +470,23 @@ def rollout_patch(deployment: dict[str, Any], new: dict[str, Any]) -> list[dict[
 
 
 def rollback_patch(deployment: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """JSON patch restoring the template recorded by `rollout_patch`; None when there is none."""
-    annotations = dict((deployment.get("metadata") or {}).get("annotations") or {})
+    """JSON patch restoring the template recorded by `rollout_patch`, and the version annotation and label
+    with it (`kubectl get -l mlpipe.io/model-version=...` must find what runs); None when there is none."""
+    meta = deployment.get("metadata") or {}
+    annotations = dict(meta.get("annotations") or {})
     raw = annotations.pop(A_PREVIOUS_TEMPLATE, None)
     previous_version = annotations.pop(A_PREVIOUS_VERSION, "")
     if not raw:
         return None
     annotations[A_VERSION] = previous_version
+    meta_labels = dict(meta.get("labels") or {})
+    if previous_version:
+        meta_labels[L_VERSION] = label_value(previous_version)
+    else:
+        # The version before is unknown: no label rather than the failed version's.
+        meta_labels.pop(L_VERSION, None)
     return [
         {"op": "replace", "path": "/spec/template", "value": json.loads(raw)},
+        {"op": "add", "path": "/metadata/labels", "value": meta_labels},
         {"op": "add", "path": "/metadata/annotations", "value": annotations},
     ]

@@ -14,6 +14,11 @@ What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested again
 - no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
 - `watch=True` as the Python clients send it (`True`, not `true`) is normalised, though the runtime polls.
 
+Because the emulator validates nothing, what the runtime SENT is checked after the fact (`check_sent`): every
+object it created, and every object as each of its patches left it, passes `kubernetes-validate --strict`
+for Kubernetes 1.30 and 1.35 (server-side metadata and status stripped first), and every request is one the
+Role in deploy/rbac.yaml grants (RBAC's verb derived from the HTTP method and path, as the apiserver does).
+
 Faults (`EmulatedCluster.fail_next`, `reset_next`, `delay_next`) are injected at the HTTP layer, in front of
 kmock, for the next N requests whose method and path match: an error status with a Kubernetes Status body
 (503 with Retry-After, 429, 403, 422, ...), a connection reset (RST, no answer; optionally after the request
@@ -37,6 +42,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -53,6 +59,12 @@ RESOURCES = {
     "pods": "v1/pods",
 }
 
+
+# The Kubernetes schemas every manifest is validated against (bundled with kubernetes-validate).
+SCHEMA_VERSIONS = ("1.30.0", "1.35.0")
+# Set by the API server, not by the client: stripped before validating what a client sent.
+SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+RBAC_MANIFEST = Path(__file__).resolve().parents[1] / "deploy" / "rbac.yaml"
 
 # Status reasons of the API server, for the Status bodies of injected errors.
 _REASONS = {
@@ -110,6 +122,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.faults: list[Fault] = []
         self.faults_served: Counter[str] = Counter()
         self._faults_lock = threading.Lock()
+        # Every HTTP request as (method, path, query string), for the RBAC check; and every object a
+        # client sent on create, or left behind with a patch, as ("create" | "patch", object).
+        self.requests_with_query: list[tuple[str, str, str]] = []
+        self.received: list[tuple[str, dict[str, Any]]] = []
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._faults_lock:
@@ -122,6 +138,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         self.requests_seen.append((raw_request.method, raw_request.path))
+        self.requests_with_query.append((raw_request.method, raw_request.path, raw_request.query_string))
         fault = self._take_fault(raw_request.method, raw_request.path)
         if fault is None:
             return await super().__call__(raw_request)
@@ -164,6 +181,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 verb = f"delete({request.data['propagationPolicy']})"
             self.calls.append((verb, str(request.resource.plural), name))
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                self.received.append(("create", json.loads(json.dumps(request.data))))
                 meta = request.data.setdefault("metadata", {})
                 meta.setdefault("namespace", request.namespace)
                 meta.update(
@@ -184,7 +202,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if request.subresource != "status" and before.get("spec") != obj.last.raw.get("spec"):
                 changes["generation"] = int(meta.get("generation") or 1) + 1
             obj.patch({"metadata": changes})
-        return await super()._serve_update(request)
+        result = await super()._serve_update(request)
+        if request.subresource is None and isinstance(result, dict):
+            self.received.append(("patch", json.loads(json.dumps(result))))
+        return result
 
     async def _serve_list(self, request: Any) -> Any:
         body = await super()._serve_list(request)
@@ -206,6 +227,66 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             shown = lines[-tail:] if tail else lines
             return "".join(f"{line}\n" for line in shown).encode()
         return await super()._serve_fetch(request)
+
+
+def _rbac(method: str, path: str, query: str) -> tuple[str, str, str]:
+    """(apiGroup, resource, verb) of a namespaced request, the way the apiserver's RequestInfo derives them:
+    /api/v1/namespaces/<ns>/<resource>[/<name>[/<subresource>]] (core group, "") or
+    /apis/<group>/<version>/namespaces/<ns>/..."""
+    parts = [part for part in path.split("/") if part]
+    if parts[0] == "api":
+        group, rest = "", parts[2:]
+    else:
+        group, rest = parts[1], parts[3:]
+    if len(rest) < 3 or rest[0] != "namespaces":
+        raise AssertionError(f"{method} {path}: not a namespaced request: the runtime makes no other")
+    resource, named = rest[2], len(rest) > 3
+    if len(rest) > 4:
+        resource = f"{resource}/{rest[4]}"
+    watch = "watch=true" in query.lower()
+    verb = {
+        "GET": ("watch" if watch else "get") if named else ("watch" if watch else "list"),
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if named else "deletecollection",
+    }[method]
+    return group, resource, verb
+
+
+def role_grants(path: Path = RBAC_MANIFEST) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the Role in deploy/rbac.yaml grants."""
+    import yaml
+
+    role = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Role")
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def check_sent(cluster: EmulatedCluster) -> int:
+    """What a real apiserver would have refused and this emulator accepted: every object sent passes
+    `kubernetes-validate --strict` for SCHEMA_VERSIONS, and every request is granted by deploy/rbac.yaml.
+    Returns how many objects were validated."""
+    import kubernetes_validate
+
+    sent = cluster.sent_objects()
+    for how, obj in sent:
+        for version in SCHEMA_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                kind, name = obj.get("kind"), (obj.get("metadata") or {}).get("name")
+                raise AssertionError(
+                    f"{how} {kind} {name} is invalid for Kubernetes {version}: {err}"
+                ) from err
+    denied = cluster.rbac_requests() - role_grants()
+    assert not denied, f"requests the Role in {RBAC_MANIFEST.name} does not grant: {sorted(denied)}"
+    return len(sent)
 
 
 def _reset(raw_request: aiohttp.web.BaseRequest) -> None:
@@ -329,6 +410,25 @@ class EmulatedCluster:
     @property
     def faults_served(self) -> Counter[str]:
         return Counter(self.api.faults_served)
+
+    # --- what the runtime sent -------------------------------------------------------------------------
+
+    def sent_objects(self) -> list[tuple[str, dict[str, Any]]]:
+        """("create" | "patch", object) for every object created, and every object as a patch left it,
+        with the metadata the server sets and the status removed: what the client asked for."""
+        result = []
+        for how, obj in self.api.received:
+            clean = json.loads(json.dumps(obj))
+            clean.pop("status", None)
+            meta = clean.get("metadata") or {}
+            for key in SERVER_METADATA:
+                meta.pop(key, None)
+            result.append((how, clean))
+        return result
+
+    def rbac_requests(self) -> set[tuple[str, str, str]]:
+        """Every request as RBAC sees it: (apiGroup, resource[/subresource], verb)."""
+        return {_rbac(method, path, query) for method, path, query in self.api.requests_with_query}
 
     # --- the test plays the controllers ---------------------------------------------------------------
 

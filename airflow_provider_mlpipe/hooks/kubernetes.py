@@ -165,11 +165,14 @@ class KubernetesResourceHook(BaseHook):
 
     @cached_property
     def namespace(self) -> str:
-        # The provider declares get_namespace as a cached property (a method in its protocol).
-        from_connection = getattr(self.kube, "get_namespace", None)
-        if not isinstance(from_connection, str):
-            from_connection = None
-        return self._namespace or config.kubernetes_namespace() or from_connection or DEFAULT_NAMESPACE
+        """The operator's namespace, else `[mlpipe] kubernetes_namespace`, else the connection's extra
+        `namespace`, else `mlpipe` (the order the README's settings table documents)."""
+        explicit = self._namespace or config.kubernetes_namespace()
+        if explicit:
+            return explicit
+        # Loaded only when needed: an explicit namespace must not cost a connection lookup.
+        from_connection = self.kube.get_namespace()
+        return str(from_connection) if from_connection else DEFAULT_NAMESPACE
 
     def _api(self, kind: str) -> tuple[Any, str]:
         from kubernetes import client
@@ -407,13 +410,20 @@ class AsyncKubernetesResourceHook(BaseHook):
         return f"{verb} {kind} {self.namespace}/{name}"
 
     async def _call(
-        self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+        self,
+        what: str,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        passthrough: tuple[int, ...] = (),
+        **kwargs: Any,
     ) -> bytes | None:
         """`fn(*args, **kwargs)` under the retry policy: the response body, or None on 404.
 
         kubernetes_asyncio raises on an error status only when it decodes the body itself; with
         `_preload_content=False` the status is ours to check, and an error status is raised as the
-        client's ApiException so that the one classifier judges both clients alike.
+        client's ApiException so that the one classifier judges both clients alike. An ApiException whose
+        status is in `passthrough` is re-raised for the caller; any other failure becomes a
+        KubernetesRuntimeError naming `what`.
         """
         from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -441,6 +451,8 @@ class AsyncKubernetesResourceHook(BaseHook):
         except ApiException as err:
             if err.status == 404:
                 return None
+            if err.status in passthrough:
+                raise
             raise KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}") from None
 
     async def get(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -461,6 +473,11 @@ class AsyncKubernetesResourceHook(BaseHook):
         return [] if data is None else list(_json(data).get("items") or [])
 
     async def pod_log(self, name: str, *, tail_lines: int | None = None) -> list[str]:
+        """The pod's log lines; none when it has no log yet (400: its container is still waiting) or no
+        longer (404). Any other failure (403 without `pods/log`, a server still failing after the retries)
+        is raised as a KubernetesRuntimeError: the caller decides whether it matters."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         kwargs: dict[str, Any] = {"tail_lines": tail_lines} if tail_lines else {}
         async with self._api("Pod") as (api, _):
             try:
@@ -469,10 +486,10 @@ class AsyncKubernetesResourceHook(BaseHook):
                     api.read_namespaced_pod_log,
                     name,
                     self.namespace,
+                    passthrough=(400,),
                     **kwargs,
                 )
-            except KubernetesRuntimeError:
-                # A pod still pulling its image has no log yet (400): not worth failing the wait.
+            except ApiException:
                 return []
         return [] if data is None else data.decode(errors="replace").splitlines()
 

@@ -21,6 +21,10 @@ from airflow_provider_mlpipe.hooks.kubernetes import (
 from airflow_provider_mlpipe.retries import RetryPolicy
 
 TAIL_LINES = 20
+# The Job's delete on a user's kill: worst case 3 requests of 5 s and waits of 0.5 and 1 s, well inside
+# Airflow's default `[triggerer] on_kill_timeout` of 30 s.
+ON_KILL_RETRY = RetryPolicy(attempts=3, base_delay=0.5, max_delay=1.0)
+ON_KILL_REQUEST_TIMEOUT = 5.0
 
 
 class KubernetesJobTrigger(BaseTrigger):
@@ -29,10 +33,16 @@ class KubernetesJobTrigger(BaseTrigger):
     Events: `success`; `failed` with the Job's reason (BackoffLimitExceeded, DeadlineExceeded ...), the
     pods' termination reasons and the last log lines; `timeout`; `gone` (the Job was deleted under us).
 
-    :param log_pod: / :param log_offset: the pod whose log was being copied and how many of its lines
-        were shown, so a restarted triggerer resumes there instead of repeating the log.
+    Each poll reads the newest pod's whole log and copies the lines not shown yet into the task log. Airflow
+    stores a trigger's kwargs once, when the task defers, and a restarted triggerer rebuilds the trigger
+    from them: the progress below lives in this instance only, so after a restart the log is copied again
+    from its first line (lines shown before the restart appear twice).
+
+    :param log_pod: / :param log_offset: the pod whose log is being copied and how many of its lines were
+        shown (in memory; as stored at defer time after a triggerer restart, see above).
     :param transient_retry: how each API call retries transient errors (`RetryPolicy.as_conf()`; None: the
-        defaults). A check that still fails is logged and the wait goes on until `timeout_at`.
+        defaults). A status check that still fails is logged and the wait goes on until `timeout_at`; a
+        pod listing or log read that fails is logged and skipped (the Job's status decides the outcome).
     """
 
     def __init__(
@@ -56,6 +66,8 @@ class KubernetesJobTrigger(BaseTrigger):
         self.log_pod = log_pod
         self.log_offset = log_offset
         self.transient_retry = transient_retry
+        # The last error of copying the log, so that a lasting one is logged once.
+        self._log_error = ""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -77,6 +89,13 @@ class KubernetesJobTrigger(BaseTrigger):
             self.conn_id, self.namespace, retry=RetryPolicy.from_conf(self.transient_retry)
         )
 
+    def _kill_hook(self) -> AsyncKubernetesResourceHook:
+        # Airflow gives on_kill `[triggerer] on_kill_timeout` (30 s by default): the full policy (5
+        # attempts, waits up to 30 s, 60 s per request) would be cut off mid-way, without a word of why.
+        return AsyncKubernetesResourceHook(
+            self.conn_id, self.namespace, retry=ON_KILL_RETRY, request_timeout=ON_KILL_REQUEST_TIMEOUT
+        )
+
     async def _pods(self, hook: AsyncKubernetesResourceHook) -> list[dict[str, Any]]:
         return await hook.list_pods(f"job-name={self.job_name}")
 
@@ -94,10 +113,40 @@ class KubernetesJobTrigger(BaseTrigger):
             self.log.info("[%s] %s", name, line)
         self.log_offset = max(self.log_offset, len(lines))
 
+    async def _follow_log(self, hook: AsyncKubernetesResourceHook) -> None:
+        try:
+            await self._copy_log(hook, await self._pods(hook))
+        except KubernetesRuntimeError as err:
+            # The log is a courtesy: without it (pods/log forbidden, the kubelet unreachable) the Job's
+            # status still decides the outcome, so the wait goes on. Said once per distinct error, not on
+            # every poll.
+            if str(err) != self._log_error:
+                self.log.warning("Job %s: cannot copy the pod's log: %s", self.job_name, err)
+            self._log_error = str(err)
+        else:
+            self._log_error = ""
+
     async def _event(self, hook: AsyncKubernetesResourceHook, status: str, message: str) -> TriggerEvent:
-        pods = await self._pods(hook)
+        # The outcome is known by now: a failure to read the pods or their log must not lose it (nor the
+        # Job's reason), only the details below. Any error, not only the API's: the event matters more.
+        pods: list[dict[str, Any]] = []
+        tail: list[str] = []
+        try:
+            pods = await self._pods(hook)
+        except Exception as err:
+            self.log.warning("Job %s: cannot list its pods for the %s event: %s", self.job_name, status, err)
         pod = newest_pod(pods)
-        tail = await hook.pod_log(pod["metadata"]["name"], tail_lines=TAIL_LINES) if pod else []
+        if pod is not None:
+            try:
+                tail = await hook.pod_log(pod["metadata"]["name"], tail_lines=TAIL_LINES)
+            except Exception as err:
+                self.log.warning(
+                    "Job %s: cannot read the log of pod %s for the %s event: %s",
+                    self.job_name,
+                    pod["metadata"]["name"],
+                    status,
+                    err,
+                )
         return TriggerEvent(
             {
                 "status": status,
@@ -128,7 +177,6 @@ class KubernetesJobTrigger(BaseTrigger):
                     )
                     return
                 state, reason = job_state(job)
-                await self._copy_log(hook, await self._pods(hook))
                 errors = 0
             except KubernetesRuntimeError as err:
                 # Still failing after the hook's retries (an API server down for longer, RBAC changed under
@@ -136,6 +184,9 @@ class KubernetesJobTrigger(BaseTrigger):
                 errors += 1
                 self.log.warning("Job %s: status check failed (%d in a row): %s", self.job_name, errors, err)
                 state, reason = "unknown", str(err)
+            else:
+                # Also on the last poll: the lines written since the previous one reach the task log too.
+                await self._follow_log(hook)
             if state == SUCCEEDED:
                 yield await self._event(hook, "success", reason)
                 return
@@ -154,4 +205,4 @@ class KubernetesJobTrigger(BaseTrigger):
 
         (Not `cleanup()`: that also runs when a triggerer restarts, when the training must go on.)"""
         self.log.info("Task killed by a user: deleting Job %s/%s", self.namespace, self.job_name)
-        await self._hook().delete("Job", self.job_name, propagation="Foreground")
+        await self._kill_hook().delete("Job", self.job_name, propagation="Foreground")

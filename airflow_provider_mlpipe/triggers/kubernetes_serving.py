@@ -88,6 +88,15 @@ class KubernetesServingTrigger(BaseTrigger):
             }
         )
 
+    async def _problems(self, hook: AsyncKubernetesResourceHook) -> list[str]:
+        """Why the new pods are not ready, for the final event; none when the pods cannot be read: the
+        verdict is known by now, and must not be lost (nor delayed to the deadline) for want of details."""
+        try:
+            return pod_problems(await hook.list_pods(selector_string(self.pod_selector)))
+        except KubernetesRuntimeError as err:
+            self.log.warning("%s: cannot list the pods for the final event: %s", self.deployment, err)
+            return []
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = AsyncKubernetesResourceHook(
             self.conn_id, self.namespace, retry=RetryPolicy.from_conf(self.transient_retry)
@@ -103,8 +112,7 @@ class KubernetesServingTrigger(BaseTrigger):
                         return
                     state, last = rollout_state(deployment, self.generation)
                     if state == FAILED:
-                        pods = await hook.list_pods(selector_string(self.pod_selector))
-                        yield self._event("failed", last, pod_problems=pod_problems(pods))
+                        yield self._event("failed", last, pod_problems=await self._problems(hook))
                         return
                     rolled_out = state == AVAILABLE
                     if rolled_out:
@@ -127,17 +135,11 @@ class KubernetesServingTrigger(BaseTrigger):
                 self.log.warning("%s: %s", self.deployment, last)
             if time.time() >= self.timeout_at:
                 stage = "address" if rolled_out else "rollout"
-                seen: list[dict[str, Any]] = []
-                if not rolled_out:
-                    try:
-                        seen = await hook.list_pods(selector_string(self.pod_selector))
-                    except KubernetesRuntimeError:
-                        seen = []
                 yield self._event(
                     "timeout",
                     f"{stage} not done by {time.ctime(self.timeout_at)}: {last}",
                     stage=stage,
-                    pod_problems=pod_problems(seen),
+                    pod_problems=[] if rolled_out else await self._problems(hook),
                 )
                 return
             await asyncio.sleep(self.poll_interval)

@@ -15,8 +15,10 @@ import yaml
 
 from airflow_provider_mlpipe import manifests
 from airflow_provider_mlpipe.exceptions import ConfigError
+from tests.kubernetes_emulator import SCHEMA_VERSIONS
 
-VERSIONS = ["1.30.0", "1.35.0"]
+# The same schemas the operator tests validate what they sent against (tests/kubernetes_emulator.py).
+VERSIONS = list(SCHEMA_VERSIONS)
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:v7"
 RUN = "mlpipe_fashion_mnist/manual__2026-01-01T00:00:00+00:00"
@@ -134,24 +136,76 @@ def test_the_strict_validator_does_reject_an_unknown_field() -> None:
         kubernetes_validate.validate(bad, "1.35.0", strict=True)
 
 
+# Every Kubernetes API call the runtime makes, as RBAC names it: (apiGroup, resource, verb) -> the calls.
+# From the hooks' methods (airflow_provider_mlpipe/hooks/kubernetes.py) and their callers in operators/ and
+# triggers/. The provider's KubernetesHook / AsyncKubernetesHook only load the connection and build the
+# clients here: they make no API call of their own. The sync hook's list_pods / pod_log and get("Pod") have
+# no caller, so they need no verb.
+API_CALLS: dict[tuple[str, str, str], list[str]] = {
+    ("batch", "jobs", "get"): [
+        "KubeTrainJobOperator._execute_kubernetes: hook.get('Job') (a Job failed in an earlier try?)",
+        "KubernetesResourceHook.create_or_adopt: GET before the create, and after a 409",
+        "KubernetesResourceHook.wait_deleted: GET until 404",
+        "KubernetesJobTrigger.run: AsyncKubernetesResourceHook.get('Job'), each poll",
+    ],
+    ("batch", "jobs", "create"): ["KubernetesResourceHook.create_or_adopt (the training Job)"],
+    ("batch", "jobs", "delete"): [
+        "KubeTrainJobOperator._execute_kubernetes: replaces a Job failed in an earlier try",
+        "KubeTrainJobOperator.execute_complete_kubernetes: the trigger timed out",
+        "KubeTrainJobOperator.on_kill (before deferral)",
+        "KubernetesJobTrigger.on_kill: AsyncKubernetesResourceHook.delete",
+    ],
+    ("", "pods", "list"): [
+        "KubernetesJobTrigger._pods: list_pods('job-name=<job>') (newest pod, termination reasons)",
+        "KubernetesServingTrigger._problems: list_pods(<serving selector>)",
+    ],
+    ("", "pods/log", "get"): [
+        "KubernetesJobTrigger._copy_log / _event: AsyncKubernetesResourceHook.pod_log",
+    ],
+    ("apps", "deployments", "get"): [
+        "ServingDeployOperator._execute_kubernetes: hook.get('Deployment') (which version runs?)",
+        "ServingDeployOperator.execute_complete_kubernetes: hook.get('Deployment') before a rollback",
+        "KubernetesResourceHook.create_or_adopt",
+        "KubernetesServingTrigger.run: AsyncKubernetesResourceHook.get('Deployment'), each poll",
+    ],
+    ("apps", "deployments", "create"): ["KubernetesResourceHook.create_or_adopt (a new endpoint)"],
+    ("apps", "deployments", "patch"): [
+        "ServingDeployOperator._execute_kubernetes: hook.patch(rollout_patch)",
+        "ServingDeployOperator.execute_complete_kubernetes: hook.patch(rollback_patch)",
+    ],
+    ("apps", "deployments", "delete"): [
+        "ServingTeardownOperator.execute",
+        "ServingDeployOperator._execute_kubernetes: teardown_if_unresolved",
+    ],
+    ("", "services", "get"): [
+        "KubernetesResourceHook.create_or_adopt",
+        "KubernetesServingTrigger.run: AsyncKubernetesResourceHook.get('Service') (LoadBalancer address)",
+    ],
+    ("", "services", "create"): ["KubernetesResourceHook.create_or_adopt"],
+    ("", "services", "delete"): [
+        "ServingTeardownOperator.execute",
+        "ServingDeployOperator._execute_kubernetes: teardown_if_unresolved",
+    ],
+}
+
+
 def test_rbac_is_least_privilege() -> None:
+    """The Role grants exactly the verbs of API_CALLS, one rule per resource, nothing else."""
     role = next(d for d in deploy_files() if d["kind"] == "Role")
-    granted = {
-        (group, res): set(rule["verbs"])
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for res in rule["resources"]
-    }
-    assert set(granted) == {
-        ("batch", "jobs"),
-        ("", "pods"),
-        ("", "pods/log"),
-        ("apps", "deployments"),
-        ("", "services"),
-    }
-    assert granted["", "pods"] == {"get", "list"}
-    assert granted["", "pods/log"] == {"get"}
-    assert all("*" not in verbs and "escalate" not in verbs for verbs in granted.values())
+    expected: dict[tuple[str, str], list[str]] = {}
+    for group, resource, verb in API_CALLS:
+        expected.setdefault((group, resource), []).append(verb)
+    granted: dict[tuple[str, str], list[str]] = {}
+    for rule in role["rules"]:
+        # No resourceNames, nonResourceURLs or wildcards: a rule is a group, a resource and verbs.
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+        assert len(rule["apiGroups"]) == 1 and len(rule["resources"]) == 1, rule
+        ((group,), (resource,)) = rule["apiGroups"], rule["resources"]
+        assert (group, resource) not in granted, f"two rules for {group}/{resource}"
+        granted[group, resource] = sorted(rule["verbs"])
+    assert granted == {key: sorted(verbs) for key, verbs in expected.items()}
+    assert role["metadata"]["namespace"] == "mlpipe"
+    assert not [d for d in deploy_files() if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 
 def test_job_spec() -> None:
@@ -251,6 +305,8 @@ def test_rollout_then_rollback_restores_the_previous_template() -> None:
     back = rolled_back()
     assert back["spec"]["template"] == deployment(3)["spec"]["template"]
     assert back["metadata"]["annotations"][manifests.A_VERSION] == "3"
+    assert after["metadata"]["labels"][manifests.L_VERSION] == "4"
+    assert back["metadata"]["labels"][manifests.L_VERSION] == "3"
     assert manifests.A_PREVIOUS_TEMPLATE not in back["metadata"]["annotations"]
     assert manifests.rollback_patch(deployment(3)) is None
     # The selector is immutable in Kubernetes: a rollout must never touch it.

@@ -11,13 +11,14 @@ and trigger tests, which run the real waits of a policy with a tiny base delay.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError
+from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError, TrainingError
 from airflow_provider_mlpipe.hooks.kubernetes import AsyncKubernetesResourceHook, KubernetesResourceHook
 from airflow_provider_mlpipe.modelstore import open_store
 from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
@@ -266,6 +267,44 @@ async def test_async_hook_forbidden_fails_at_once_naming_the_job(k8s: EmulatedCl
     assert await async_hook(sleeps).get("Job", "train-b") is None and sleeps == []
 
 
+async def test_async_pod_log_is_empty_only_while_there_is_no_log(k8s: EmulatedCluster) -> None:
+    """400 is the apiserver's answer while the container waits (image pull), 404 for a pod that is gone."""
+    k8s.set_log("train-a-x1", ["epoch 1/2"])
+    k8s.fail_next(
+        1,
+        400,
+        method="GET",
+        path=r"/pods/train-a-x1/log$",
+        message='container "trainer" in pod "train-a-x1" is waiting to start: ContainerCreating',
+    )
+    sleeps = Sleeps()
+    hook = async_hook(sleeps)
+    assert await hook.pod_log("train-a-x1") == []
+    assert await hook.pod_log("train-a-gone") == []  # the emulator answers 404: no such pod log
+    assert await hook.pod_log("train-a-x1") == ["epoch 1/2"]
+    assert sleeps == [] and k8s.faults_served == {"GET 400": 1}
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (403, 'failed: HTTP 403 Forbidden: pods "train-a-x1" is forbidden'),
+        (503, "failed after 3 attempts: HTTP 503 ServiceUnavailable"),
+    ],
+)
+async def test_async_pod_log_surfaces_any_other_error(
+    k8s: EmulatedCluster, status: int, expected: str
+) -> None:
+    """Not swallowed as "no log yet": a Role without pods/log, or an API server still failing after the
+    retries, is reported (the trigger decides to go on without the log)."""
+    k8s.set_log("train-a-x1", ["epoch 1/2"])
+    message = 'pods "train-a-x1" is forbidden: cannot get resource "pods/log"' if status == 403 else ""
+    k8s.fail_next(5, status, method="GET", path=r"/pods/train-a-x1/log$", message=message)
+    with pytest.raises(KubernetesRuntimeError) as info:
+        await async_hook(Sleeps(), attempts=3).pod_log("train-a-x1")
+    assert f"read the log of Pod {NAMESPACE}/train-a-x1 {expected}" in str(info.value)
+
+
 # --- the operator and the trigger ---------------------------------------------------------------------
 
 TINY = {"attempts": 5, "base_delay": 0.01, "max_delay": 0.05}
@@ -340,3 +379,100 @@ async def test_train_operator_forbidden_fails_at_once_naming_the_job(
     assert f"create Job {NAMESPACE}/train-fashion-mnist-v1-" in message
     assert "HTTP 403 Forbidden: jobs.batch is forbidden: no create verb" in message
     assert requests_to(k8s, "POST", JOBS) == 1 and k8s.names("jobs") == []
+
+
+def publish(store_uri: str, tmp_path: Path) -> None:
+    """What the training pod does at its end."""
+    src = tmp_path / "export"
+    src.mkdir()
+    (src / "saved_model.pb").write_bytes(b"pb")
+    open_store(store_uri).publish("fashion_mnist", 1, src, {"metrics": {"test_accuracy": 0.9}})
+
+
+@pytest.mark.parametrize("status", [403, 503])
+async def test_job_trigger_reports_the_failure_when_its_pods_cannot_be_read(
+    k8s: EmulatedCluster, tmp_path: Path, status: int
+) -> None:
+    """The Job failed; listing its pods fails (forbidden, or unavailable after every retry): the event
+    still carries the Job's reason, with no pod details and no log tail, instead of crashing the trigger."""
+    store_uri = (tmp_path / "models").as_uri()
+    context = make_context()
+    op = train_op(store_uri)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
+    k8s.add_job_pod(name, f"{name}-a", phase="Failed", terminated={"exitCode": 2, "reason": "Error"})
+    k8s.set_log(f"{name}-a", ["train: error: --dataset: no such file"])
+    k8s.finish_job(name, succeeded=False, reason="BackoffLimitExceeded", message="reached the backoff limit")
+    k8s.fail_next(1000, status, method="GET", path=r"/pods$")
+    event = await first_event(deferred.trigger)
+    assert event["status"] == "failed" and event["message"].startswith("BackoffLimitExceeded")
+    assert event["pod_problems"] == [] and event["tail"] == []
+    assert k8s.faults_served[f"GET {status}"] >= 2  # the poll's listing and the event's
+    with pytest.raises(TrainingError) as info:
+        resume(op, context, deferred, event)
+    assert f"Job {NAMESPACE}/{name} " in str(info.value) and "BackoffLimitExceeded" in str(info.value)
+
+
+async def test_job_trigger_reports_the_failure_when_the_log_tail_cannot_be_read(
+    k8s: EmulatedCluster, tmp_path: Path
+) -> None:
+    store_uri = (tmp_path / "models").as_uri()
+    deferred = await asyncio.to_thread(execute_until_deferred, train_op(store_uri), make_context())
+    name = deferred.trigger.job_name
+    k8s.add_job_pod(name, f"{name}-a", phase="Failed", terminated={"exitCode": 2, "reason": "Error"})
+    k8s.set_log(f"{name}-a", ["train: error: --dataset: no such file"])
+    k8s.finish_job(name, succeeded=False, reason="DeadlineExceeded")
+    k8s.fail_next(1000, 503, method="GET", path=r"/log$")
+    event = await first_event(deferred.trigger)
+    assert event["status"] == "failed" and event["message"] == "DeadlineExceeded"
+    assert event["pod_problems"] == [f"{name}-a/trainer: Error (exit code 2)"] and event["tail"] == []
+
+
+async def test_job_trigger_keeps_polling_while_the_log_is_forbidden(
+    k8s: EmulatedCluster, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A Role without pods/log (403 on every log read): the wait goes on, the Job's status decides, and
+    the trigger says so once rather than on every poll."""
+    store_uri = (tmp_path / "models").as_uri()
+    context = make_context()
+    op = train_op(store_uri)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
+    k8s.add_job_pod(name, f"{name}-x1")
+    k8s.set_log(f"{name}-x1", ["epoch 1/2 loss=0.6"])
+    k8s.fail_next(1000, 403, method="GET", path=r"/log$", message="cannot get resource pods/log")
+    waiting = asyncio.create_task(first_event(deferred.trigger))
+    for _ in range(200):
+        if k8s.faults_served["GET 403"] >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert k8s.faults_served["GET 403"] >= 3 and not waiting.done()
+    publish(store_uri, tmp_path)
+    k8s.finish_job(name, succeeded=True)
+    event = await waiting
+    assert event["status"] == "success" and event["tail"] == []
+    assert resume(op, context, deferred, event)["version"] == 1
+    captured = capfd.readouterr()
+    log = captured.out + captured.err
+    assert log.count("cannot copy the pod's log") == 1 and "cannot get resource pods/log" in log
+    assert "epoch 1/2 loss=0.6" not in log
+
+
+async def test_job_trigger_on_kill_gives_up_within_airflows_on_kill_timeout(
+    k8s: EmulatedCluster, tmp_path: Path
+) -> None:
+    """The delete on a user's kill runs under a short policy (3 attempts, waits of at most 1 s, 5 s per
+    request), not the run's: Airflow cancels on_kill after `[triggerer] on_kill_timeout` (30 s)."""
+    deferred = await asyncio.to_thread(
+        execute_until_deferred, train_op((tmp_path / "models").as_uri()), make_context()
+    )
+    name = deferred.trigger.job_name
+    k8s.fail_next(1000, 503, method="DELETE", path=rf"/jobs/{name}$")
+    started = time.monotonic()
+    with pytest.raises(
+        KubernetesRuntimeError, match=f"delete Job {NAMESPACE}/{name} failed after 3 attempts"
+    ):
+        await deferred.trigger.on_kill()
+    assert time.monotonic() - started < 5
+    assert requests_to(k8s, "DELETE", f"{JOBS}/{name}") == 3  # the run's policy (TINY) would make 5
+    assert k8s.names("jobs") == [name]

@@ -1,7 +1,9 @@
 """ServingDeployOperator / ServingTeardownOperator with runtime=kubernetes and KubernetesServingTrigger
 against an emulated Kubernetes API (real HTTP; see tests/kubernetes_emulator.py). No Deployment
 controller or cloud load balancer runs: the tests report rollouts (`roll_out`) and external addresses
-themselves, the way the controllers would."""
+themselves, the way the controllers would. No admission or RBAC runs either: after each test, every object
+the operators created or patched is validated strictly (Kubernetes 1.30 and 1.35 schemas) and every request
+checked against deploy/rbac.yaml (`check_sent`)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.kubernetes_emulator import (
     CONN_ID,
     NAMESPACE,
     EmulatedCluster,
+    check_sent,
     configure,
     emulated_cluster,
     execute_until_deferred,
@@ -37,6 +40,8 @@ def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedCluster]:
     with emulated_cluster() as cluster:
         configure(monkeypatch, cluster)
         yield cluster
+        # What a real apiserver would have refused, this emulator accepted: check it now.
+        check_sent(cluster)
 
 
 @pytest.fixture
@@ -160,6 +165,7 @@ async def test_new_version_rolls_out_and_a_failed_one_is_rolled_back(
     assert result["version"] == 2 and result["previous_version"] == 1
     dep = k8s.get("deployments", PROD)
     assert dep is not None
+    assert dep["metadata"]["labels"][manifests.L_VERSION] == "2"
     assert dep["spec"]["template"]["metadata"]["labels"][manifests.L_VERSION] == "2"
     assert "--version=2" in dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
 
@@ -170,10 +176,17 @@ async def test_new_version_rolls_out_and_a_failed_one_is_rolled_back(
     with pytest.raises(ServingError) as err:
         await asyncio.to_thread(resume, op3, context, deferred, event)
     assert "ProgressDeadlineExceeded" in str(err.value) and "rolled back to v2" in str(err.value)
+    # What check_sent validates after the test: the Deployment as created, then as each patch left it
+    # (v2, v3, the rollback to v2).
+    assert [how for how, obj in k8s.sent_objects() if obj["kind"] == "Deployment"] == ["create"] + [
+        "patch"
+    ] * 3
     dep = k8s.get("deployments", PROD)
     assert dep is not None
     assert dep["spec"]["template"]["metadata"]["labels"][manifests.L_VERSION] == "2"
     assert dep["metadata"]["annotations"][manifests.A_VERSION] == "2"
+    # The Deployment's own label too: `kubectl get deploy -l mlpipe.io/model-version=2` finds what serves.
+    assert dep["metadata"]["labels"][manifests.L_VERSION] == "2"
     assert dep["metadata"]["generation"] == 4
     assert [w for w in k8s.writes() if w[1] == "deployments"] == [
         ("create", "deployments", PROD),

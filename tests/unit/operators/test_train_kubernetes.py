@@ -1,7 +1,9 @@
 """KubeTrainJobOperator with runtime=kubernetes and KubernetesJobTrigger against an emulated Kubernetes API
 (real HTTP, the provider's KubernetesHook/AsyncKubernetesHook; see tests/kubernetes_emulator.py for what
 is emulated). No controller runs: the tests add the Job's pod, its log and its final status themselves,
-and "publish" the model version as the training pod would have."""
+and "publish" the model version as the training pod would have. No admission or RBAC runs either: after each
+test, every object the operator sent is validated strictly (Kubernetes 1.30 and 1.35 schemas) and every
+request checked against deploy/rbac.yaml (`check_sent`)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tests.kubernetes_emulator import (
     CONN_ID,
     NAMESPACE,
     EmulatedCluster,
+    check_sent,
     configure,
     emulated_cluster,
     execute_until_deferred,
@@ -43,6 +46,8 @@ def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedCluster]:
         monkeypatch.setenv("OSS_ACCESS_KEY_ID", SECRET_ID)
         monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", SECRET_KEY)
         yield cluster
+        # What a real apiserver would have refused, this emulator accepted: check it now.
+        check_sent(cluster)
 
 
 @pytest.fixture
@@ -174,6 +179,7 @@ async def test_failure_after_backoff_limit_names_reason_and_log(k8s: EmulatedClu
     with pytest.raises(TrainingError) as err:
         resume(op, context, deferred, event)
     text = str(err.value)
+    assert f"Job {NAMESPACE}/{name} " in text
     assert "BackoffLimitExceeded" in text and "exit code 2" in text and "dataset missing" in text
     assert "train: error: --dataset: no such file" in text and "line 39" in text and "line 5\n" not in text
     assert_no_credentials(k8s, text)
@@ -203,8 +209,9 @@ async def test_deadline_exceeded(k8s: EmulatedCluster, store_uri: str) -> None:
         message="Job was active longer than specified deadline",
     )
     event = await first_event(deferred.trigger)
-    with pytest.raises(TrainingError, match="DeadlineExceeded"):
+    with pytest.raises(TrainingError) as err:
         resume(op, context, deferred, event)
+    assert f"Job {NAMESPACE}/{name} " in str(err.value) and "DeadlineExceeded" in str(err.value)
 
 
 async def test_trigger_timeout_deletes_the_job(k8s: EmulatedCluster, store_uri: str) -> None:
@@ -239,11 +246,13 @@ async def test_job_deleted_under_the_trigger(k8s: EmulatedCluster, store_uri: st
     context = make_context()
     op = operator(store_uri)
     deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
     await deferred.trigger.on_kill()
     event = await first_event(deferred.trigger)
     assert event["status"] == "gone"
-    with pytest.raises(TrainingError, match="no longer exists"):
+    with pytest.raises(TrainingError) as err:
         resume(op, context, deferred, event)
+    assert f"Job {NAMESPACE}/{name} " in str(err.value) and "no longer exists" in str(err.value)
 
 
 def test_unpinned_image_is_refused_before_anything_happens(k8s: EmulatedCluster, store_uri: str) -> None:
@@ -254,3 +263,64 @@ def test_unpinned_image_is_refused_before_anything_happens(k8s: EmulatedCluster,
         op.execute(make_context())
     assert k8s.calls == []
     assert open_store(store_uri).published_versions("fashion_mnist") == []
+
+
+async def test_the_connection_namespace_is_where_the_job_goes(
+    k8s: EmulatedCluster, store_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `[mlpipe] kubernetes_namespace` and no operator namespace: the connection's extra decides, for
+    the operator (sync hook) and, through the trigger's kwargs, for the trigger (async hook)."""
+    monkeypatch.delenv("AIRFLOW__MLPIPE__KUBERNETES_NAMESPACE")
+    extra = {"kube_config": k8s.kubeconfig(), "namespace": "ml-prod"}
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps({"conn_type": "kubernetes", "extra": extra})
+    )
+    deferred = await asyncio.to_thread(execute_until_deferred, operator(store_uri), make_context())
+    name = deferred.trigger.job_name
+    assert k8s.names("jobs", namespace="ml-prod") == [name] and k8s.names("jobs") == []
+    assert deferred.trigger.namespace == "ml-prod"
+    # The trigger finds the Job there (in any other namespace it would report it gone).
+    trigger = KubernetesJobTrigger(**{**deferred.trigger.serialize()[1], "timeout_at": 0.0})
+    event = await first_event(trigger)
+    assert event["status"] == "timeout" and event["namespace"] == "ml-prod"
+
+
+def test_check_sent_refuses_what_an_apiserver_would() -> None:
+    """The after-the-fact check of the fixture is live: an unknown field and an ungranted verb fail it."""
+    from kubernetes import client
+
+    from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
+
+    with emulated_cluster() as cluster, pytest.MonkeyPatch.context() as mp:
+        configure(mp, cluster)
+        hook = KubernetesResourceHook(CONN_ID, NAMESPACE)
+        job = manifests.train_job(
+            name="train-x",
+            namespace=NAMESPACE,
+            image="registry.example.com/mlpipe/trainer:1",
+            digest=DIGEST,
+            model_name="fashion_mnist",
+            version=1,
+            model_store="oss://bucket/models",
+            dataset=None,
+            hyperparameters={},
+            run_key="run",
+            dag_id="dag",
+            oss_secret="mlpipe-oss",
+        )
+        hook.create_or_adopt(job)
+        assert check_sent(cluster) == 1
+        job["metadata"]["name"] = "train-y"
+        job["spec"]["template"]["spec"]["containers"][0]["gpu"] = 1
+        hook.create_or_adopt(job)
+        with pytest.raises(AssertionError, match="create Job train-y is invalid"):
+            check_sent(cluster)
+
+    with emulated_cluster() as cluster, pytest.MonkeyPatch.context() as mp:
+        configure(mp, cluster)
+        # The Role grants `list` on Jobs to nobody: the runtime reads them by name.
+        client.BatchV1Api(KubernetesResourceHook(CONN_ID, NAMESPACE).api_client).list_namespaced_job(
+            NAMESPACE
+        )
+        with pytest.raises(AssertionError, match=r"\('batch', 'jobs', 'list'\)"):
+            check_sent(cluster)
