@@ -217,8 +217,8 @@ class OssBackend:
         if int(exc.status) == 403:
             return StoreAccessDenied(
                 f"{where}: access denied ({exc.code}: {exc.message}); expected an AccessKey allowed to "
-                f"read and write this bucket (connection oss_default or {ENV_ACCESS_KEY_ID}/"
-                f"{ENV_ACCESS_KEY_SECRET})"
+                "read and write this bucket (the operator's oss_conn_id connection, oss_default by default, "
+                f"or {ENV_ACCESS_KEY_ID}/{ENV_ACCESS_KEY_SECRET})"
             )
         return ModelStoreError(f"{where} failed: {_describe(exc)}")
 

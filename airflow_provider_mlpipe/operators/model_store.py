@@ -1,5 +1,5 @@
-"""Model store operators: point an alias at a version, promote a version to production, and record how a
-run ended."""
+"""Model store operators: point an alias at a version, promote a version to production, roll production
+back, and record how a run ended."""
 
 from __future__ import annotations
 
@@ -210,6 +210,84 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
             ) from err
         self.log.info("%s production -> v%s (generation %s)", self.model_name, version, record["generation"])
         return record
+
+
+class ModelRollbackOperator(StoreHookMixin, BaseOperator):
+    """Move the store's `production` alias back to the version it pointed at before its current one (the one
+    rolled away from becomes `previous`), recording this run, who triggered it and `reason`.
+
+    A retry, or a second attempt of the same run, finds production already moved by this run and adopts
+    that: rolling back twice would go back a second step.
+
+    XCom: the alias record (version, from_version, run, requested_by, reason, time); `version` also as a key.
+
+    :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
+    :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
+    """
+
+    template_fields: Sequence[str] = (
+        *BaseOperator.template_fields,
+        "model_name",
+        "model_store",
+        "reason",
+        "transient_retry",
+    )
+
+    def __init__(
+        self,
+        *,
+        reason: str,
+        model_name: str = "fashion_mnist",
+        model_store: str | None = None,
+        oss_conn_id: str = "oss_default",
+        transient_retry: dict[str, Any] | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+        self.model_name = model_name
+        self.model_store = model_store
+        self.oss_conn_id = oss_conn_id
+        self.transient_retry = transient_retry
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if not str(self.reason or "").strip():
+            raise ConfigError("reason", self.reason, "a non-empty reason for the rollback")
+        run = run_key(context)
+        store = self.store_hook.store
+        current = store.get_alias(self.model_name, "production")
+        from_version: int | None = None
+        if current and current.get("run_id") == run:
+            self.log.info(
+                "%s production already rolled back to v%s by this run", self.model_name, current["version"]
+            )
+            record = current
+        else:
+            from_version = current["version"] if current else None
+            dag_run = context.get("dag_run")
+            requested_by = getattr(dag_run, "triggering_user_name", None) if dag_run else None
+            try:
+                record = store.rollback(
+                    self.model_name, run_id=run, requested_by=requested_by, reason=str(self.reason)
+                )
+            except AliasConflictError as err:
+                # Another run moved production between our read and our write: what "previous" means
+                # changed, so a person decides again rather than a retry rolling back from the new state.
+                raise AirflowFailException(
+                    f"alias production of {self.model_name} in {store.uri} moved while run {run!r} rolled it "
+                    f"back: not retried ({err}); trigger the rollback again if it is still wanted"
+                ) from err
+            self.log.info(
+                "%s production rolled back from v%s to v%s (generation %s)",
+                self.model_name,
+                from_version,
+                record["version"],
+                record["generation"],
+            )
+        # from_version is None when an earlier attempt made the rollback: its record's reason names it.
+        result = {**record, "from_version": from_version}
+        context["ti"].xcom_push(key="version", value=record["version"])
+        return result
 
 
 class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):

@@ -130,6 +130,7 @@ def test_happy_path_reaches_production(stack: AirflowStack, promoted: dict[str, 
         "validate_params",
         "train",
         "deploy_staging",
+        "set_staging_alias",
         "evaluate_staging",
         "accuracy_gate",
         "approval",
@@ -153,6 +154,8 @@ def test_happy_path_reaches_production(stack: AirflowStack, promoted: dict[str, 
     record = _store(stack).get_alias("fashion_mnist", "production")
     assert record["version"] == version
     assert record["approved_by"] == "admin"
+    staging = _store(stack).get_alias("fashion_mnist", "staging")
+    assert staging["run_id"] == f"{DAG_ID}/{promoted['run_id']}"
     assert record["run_id"] == f"{DAG_ID}/{promoted['run_id']}"
 
 
@@ -442,3 +445,50 @@ def test_no_secret_reaches_any_log(
         if value.encode() in p.read_bytes()
     }
     assert not leaks, sorted(leaks)
+
+
+ROLLBACK_DAG_ID = "mlpipe_rollback_production"
+
+
+def test_rollback_restores_the_previous_model_and_production_serves_it(
+    stack: AirflowStack, admin: AirflowClient, promoted: dict[str, Any]
+) -> None:
+    """A second image reaches production; then the rollback DAG moves the `production` alias back and the
+    production endpoint serves the first version again. Last in the module: it changes production."""
+    first = promoted["train"]["version"]
+    url = promoted["production"]["url"]
+    conf = {**BASE_CONF, "digest": "sha256:" + "ef" * 32, "tag": "e2e-second"}
+    second_run = admin.trigger(DAG_ID, conf, run_id="e2e-second")
+    _wait_awaiting_input(admin, second_run)
+    assert admin.respond(DAG_ID, second_run, "approval", "Approve").status_code == 200
+    states = admin.wait_for_run(DAG_ID, second_run, timeout=600)
+    assert admin.run_state(DAG_ID, second_run) == "success", states
+    second = admin.xcom(DAG_ID, second_run, "train")["version"]
+    assert second != first
+    served = requests.get(f"{url}/v1/models/fashion_mnist", timeout=10).json()
+    assert served["model_version_status"][0]["version"] == str(second)
+
+    admin.wait_for_dag(ROLLBACK_DAG_ID)
+    run_id = admin.trigger(ROLLBACK_DAG_ID, {"reason": "e2e: complaints about v2"}, run_id="e2e-rollback")
+    states = admin.wait_for_run(ROLLBACK_DAG_ID, run_id, timeout=600)
+    assert admin.run_state(ROLLBACK_DAG_ID, run_id) == "success", states
+
+    store = _store(stack)
+    production = store.get_alias("fashion_mnist", "production")
+    assert production["version"] == first
+    assert production["run_id"] == f"{ROLLBACK_DAG_ID}/{run_id}"
+    assert production["reason"] == f"rollback from v{second}: e2e: complaints about v2"
+    assert store.get_alias("fashion_mnist", "previous")["version"] == second
+    served = requests.get(f"{url}/v1/models/fashion_mnist", timeout=10).json()
+    assert served["model_version_status"][0] == {
+        "version": str(first),
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+    verified = admin.xcom(ROLLBACK_DAG_ID, run_id, "verify_production")
+    assert verified["version"] == first and verified["samples"] == BASE_CONF["verify_sample"]
+    resp = requests.post(
+        f"{url}/v1/models/fashion_mnist:predict", json={"instances": [[[0] * 28] * 28]}, timeout=10
+    )
+    assert resp.status_code == 200 and len(resp.json()["predictions"][0]) == 10
+    assert _running_endpoints(stack) == ["serve-fashion-mnist-production"]

@@ -146,3 +146,27 @@ def test_retry_policy_param_reaches_every_provider_operator(dagbag) -> None:
     params = _params(dagbag, {"image": "r/x:y", "retry_policy": {"attempts": 8, "max_delay": 60}})
     assert params.validate()["retry_policy"] == {"attempts": 8, "max_delay": 60}
     assert _params(dagbag, {"image": "r/x:y"}).validate()["retry_policy"] == RetryPolicy().as_conf()
+
+
+ROLLBACK_DAG_ID = "mlpipe_rollback_production"
+
+
+def test_rollback_dag_moves_the_alias_then_serves_and_verifies(dagbag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags[ROLLBACK_DAG_ID]
+    edges = {(up, down) for up, task in dag.task_dict.items() for down in task.downstream_task_ids}
+    # verify_production also reads rollback_alias' version (an XCom edge).
+    assert edges == {
+        ("rollback_alias", "deploy_production"),
+        ("deploy_production", "verify_production"),
+        ("rollback_alias", "verify_production"),
+    }
+    assert dag.task_dict["deploy_production"].endpoint == "production"
+    # One rollback at a time: two at once would each go back one step.
+    assert dag.max_active_runs == 1
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError, match="reason"):
+        params.validate()
+    params.update({"reason": "bad predictions on boots"})
+    assert params.validate()["runtime"] == "local"

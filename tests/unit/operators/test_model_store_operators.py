@@ -11,10 +11,14 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError
+from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, ModelStoreError
 from airflow_provider_mlpipe.modelstore import ModelStore, open_store
 from airflow_provider_mlpipe.modelstore.backends import FileBackend
-from airflow_provider_mlpipe.operators.model_store import ModelAliasOperator, ModelPromoteOperator
+from airflow_provider_mlpipe.operators.model_store import (
+    ModelAliasOperator,
+    ModelPromoteOperator,
+    ModelRollbackOperator,
+)
 
 MODEL = "fashion_mnist"
 DAG_ID = "mlpipe_fashion_mnist"
@@ -183,3 +187,85 @@ def test_alias_operator_can_set_previous_by_hand(root: Path) -> None:
     alias_operator(root, alias="previous", version=1).execute(context())
     current = open_store(root.as_uri()).get_alias(MODEL, "previous")
     assert current is not None and (current["version"], current["run_id"]) == (1, RUN)
+
+
+# --- ModelRollbackOperator -------------------------------------------------------------------------------
+
+ROLLBACK_DAG_ID = "mlpipe_rollback_production"
+ROLLBACK_RUN_ID = "manual__2026-01-02T00:00:00+00:00"
+
+
+class FakeTI:
+    """The task instance's XCom push, as the Task SDK gives it to execute()."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+def rollback_context(ti: FakeTI) -> Any:
+    return {
+        "dag": SimpleNamespace(dag_id=ROLLBACK_DAG_ID),
+        "run_id": ROLLBACK_RUN_ID,
+        "dag_run": SimpleNamespace(triggering_user_name="bob"),
+        "ti": ti,
+    }
+
+
+def rollback_operator(root: Path, reason: str = "complaints about v3") -> ModelRollbackOperator:
+    return ModelRollbackOperator(task_id="rollback_alias", model_store=root.as_uri(), reason=reason)
+
+
+def promoted_twice(root: Path) -> ModelStore:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 2, run_id="run-2", approved_by="alice", extra={})
+    store.promote(MODEL, 3, run_id="run-3", approved_by="carol", extra={})
+    return store
+
+
+def test_rollback_moves_production_back_and_records_who_and_why(root: Path) -> None:
+    store = promoted_twice(root)
+    ti = FakeTI()
+    result = rollback_operator(root).execute(rollback_context(ti))
+    production = store.get_alias(MODEL, "production")
+    assert production["version"] == 2 and result["version"] == 2 and result["from_version"] == 3
+    assert production["run_id"] == f"{ROLLBACK_DAG_ID}/{ROLLBACK_RUN_ID}"
+    assert production["approved_by"] == "bob"
+    assert production["reason"] == "rollback from v3: complaints about v3"
+    assert store.get_alias(MODEL, "previous")["version"] == 3
+    assert ti.pushed == {"version": 2}
+
+
+def test_a_retried_rollback_adopts_the_first_instead_of_going_back_twice(root: Path) -> None:
+    store = promoted_twice(root)
+    first = rollback_operator(root).execute(rollback_context(FakeTI()))
+    ti = FakeTI()
+    again = rollback_operator(root).execute(rollback_context(ti))
+    assert again["version"] == first["version"] == 2
+    assert again["generation"] == first["generation"]
+    assert store.get_alias(MODEL, "production")["generation"] == first["generation"]
+    assert ti.pushed == {"version": 2}
+
+
+def test_rollback_losing_a_race_fails_without_retry(root: Path) -> None:
+    promoted_twice(root)
+    rival = open_store(root.as_uri())
+    store = ModelStore(
+        RivalBackend(
+            root, "production", lambda: rival.promote(MODEL, 1, run_id="run-1", approved_by="dave", extra={})
+        )
+    )
+    operator = with_store(rollback_operator(root), store)
+    with pytest.raises(AirflowFailException, match=r"moved while run .*rolled it back: not retried"):
+        operator.execute(rollback_context(FakeTI()))
+    assert rival.get_alias(MODEL, "production")["version"] == 1
+
+
+def test_rollback_without_an_earlier_version_or_reason_fails_naming_it(root: Path) -> None:
+    open_store(root.as_uri()).promote(MODEL, 2, run_id="run-2", approved_by="alice", extra={})
+    with pytest.raises(ModelStoreError, match="no earlier version to roll back to"):
+        rollback_operator(root).execute(rollback_context(FakeTI()))
+    with pytest.raises(ConfigError, match="reason"):
+        rollback_operator(root, reason=" ").execute(rollback_context(FakeTI()))
