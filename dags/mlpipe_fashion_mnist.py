@@ -256,6 +256,8 @@ with DAG(
         approval=XComArg(approval, key="decision"),
         evaluation=evaluate_staging.output,
         training=train.output,
+        # Promote only over the production the gate compared against and the approver saw.
+        expected_production=XComArg(accuracy_gate, key="decision"),
     )
     outcome = PipelineOutcomeOperator(
         task_id="record_outcome",

@@ -9,6 +9,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -39,6 +40,12 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _CHUNK = 1 << 20
 # Fields of a production record that describe the version itself; a rollback carries them over.
 _ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest")
+
+
+class Expect(Enum):
+    """`ModelStore.promote`'s default expectation: production as promote itself reads it."""
+
+    CURRENT = "current"
 
 
 def _now() -> str:
@@ -356,16 +363,29 @@ class ModelStore:
         run_id: str,
         approved_by: str | None,
         extra: dict[str, Any] | None,
+        expected_generation: int | Expect | None = Expect.CURRENT,
     ) -> dict[str, Any]:
-        """Move `production` to `version`, recording the version it replaces under `previous`."""
+        """Move `production` to `version`, recording the version it replaces under `previous`.
+
+        `expected_generation` makes it a compare-and-swap against the production generation a decision was
+        taken on (None: there was no production); AliasConflictError when production has moved since.
+        Production already at `version` is returned unchanged if it is the expected generation or was set
+        by `run_id` itself (a retry after its own promotion). The default expects production as read here.
+        """
         current = self.get_alias(model_name, "production")
-        if current and current["version"] == version:
+        current_generation = current["generation"] if current else None
+        expected = current_generation if expected_generation is Expect.CURRENT else expected_generation
+        if (
+            current
+            and current["version"] == version
+            and (current_generation == expected or current.get("run_id") == run_id)
+        ):
             return current
         record = self.set_alias(
             model_name,
             "production",
             version,
-            expected_generation=current["generation"] if current else None,
+            expected_generation=expected,
             run_id=run_id,
             approved_by=approved_by,
             reason="promoted",

@@ -40,8 +40,8 @@ def decide(
 class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
     """Follow `pass_task_id` if the candidate is good enough, else `fail_task_id`.
 
-    The decision (with its reason and the production figure it was compared with) is pushed as XCom
-    key `decision`.
+    The decision (with its reason and the production version, alias generation and accuracy it was compared
+    with) is pushed as XCom key `decision`.
 
     :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
@@ -97,6 +97,8 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
             "min_accuracy": floor,
             "max_regression": regression,
             "production_version": production.get("version") if production else None,
+            # The alias generation compared against: promote_model promotes only over this one.
+            "production_generation": production.get("generation") if production else None,
             "production_accuracy": prod_acc,
         }
         context["ti"].xcom_push(key="decision", value=decision)

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, MlpipeError
-from airflow_provider_mlpipe.modelstore.store import ALIASES
+from airflow_provider_mlpipe.modelstore.store import ALIASES, Expect
 from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
 from airflow_provider_mlpipe.runs import run_key
 
@@ -124,6 +124,28 @@ class ModelAliasOperator(StoreHookMixin, BaseOperator):
             return record
 
 
+def _expected_generation(expected_production: object) -> int | None:
+    """The production generation the accuracy gate's decision was taken on (None: no production then)."""
+    if not isinstance(expected_production, dict):
+        raise ConfigError(
+            "expected_production", expected_production, "the accuracy gate's decision XCom (a dict) or None"
+        )
+    generation = expected_production.get("production_generation")
+    if generation is None:
+        if expected_production.get("production_version") is not None:
+            # A decision from a gate that did not record the generation yet: treating it as "no production"
+            # would report a move that never happened.
+            raise ConfigError(
+                "expected_production",
+                expected_production,
+                "a decision recording production_generation beside production_version",
+            )
+        return None
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise ConfigError("expected_production", expected_production, "an integer production_generation")
+    return generation
+
+
 class ModelPromoteOperator(StoreHookMixin, BaseOperator):
     """Point the store's `production` alias at `version` (compare-and-swap; the old one becomes `previous`).
 
@@ -132,6 +154,9 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
     When another run moves `production` first, the task fails at once, without its retries: a retry would
     read the new alias and replace the other run's model on an approval given against the old one.
 
+    :param expected_production: the accuracy gate's `decision` XCom. Given, production must still be the
+        generation the gate compared against (none, when there was no production), else the task fails
+        without retries: the approval was given against that evidence. None: production as read here.
     :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
@@ -144,6 +169,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         "approval",
         "evaluation",
         "training",
+        "expected_production",
         "transient_retry",
     )
 
@@ -156,6 +182,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         approval: dict[str, Any] | Any = None,
         evaluation: dict[str, Any] | Any = None,
         training: dict[str, Any] | Any = None,
+        expected_production: dict[str, Any] | Any = None,
         oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
@@ -167,6 +194,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         self.approval = approval
         self.evaluation = evaluation
         self.training = training
+        self.expected_production = expected_production
         self.oss_conn_id = oss_conn_id
         self.transient_retry = transient_retry
 
@@ -175,6 +203,8 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         evaluation = self.evaluation if isinstance(self.evaluation, dict) else {}
         training = self.training if isinstance(self.training, dict) else {}
         run = run_key(context)
+        checked = self.expected_production is not None
+        expected = _expected_generation(self.expected_production) if checked else Expect.CURRENT
         store = self.store_hook.store
         try:
             record = store.promote(
@@ -188,6 +218,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
                     "image": training.get("image"),
                     "digest": training.get("digest"),
                 },
+                expected_generation=expected,
             )
         except AliasConflictError as err:
             winner = store.get_alias(self.model_name, "production") or {}
@@ -201,6 +232,21 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
                     err,
                 )
                 return winner
+            if checked:
+                seen = (
+                    f"generation {expected} (v{self.expected_production.get('production_version')})"
+                    if expected is not None
+                    else "no production (none existed yet)"
+                )
+                raise AirflowFailException(
+                    f"alias production of {self.model_name} in {store.uri} moved since the accuracy gate "
+                    f"compared v{version} against {seen}: it is now v{winner.get('version')} (generation "
+                    f"{winner.get('generation')}, run {winner.get('run_id')!r}, approved by "
+                    f"{winner.get('approved_by')}). Run {run!r} did not promote v{version} and is not retried: "
+                    f"it was approved against what the gate saw, so promoting over the new production needs a "
+                    f"new approval (a new pipeline run, or `python -m airflow_provider_mlpipe.modelstore "
+                    f"promote {version} --approved-by WHO`)"
+                ) from err
             raise AirflowFailException(
                 f"alias production of {self.model_name} in {store.uri} was moved by run "
                 f"{winner.get('run_id')!r} to v{winner.get('version')} (generation {winner.get('generation')}, "

@@ -59,6 +59,10 @@ def test_pipeline_shape(dagbag) -> None:
     assert dag.task_dict["rollback_production"].trigger_rule == "one_failed"
     assert dag.task_dict["record_outcome"].trigger_rule == "all_done"
     assert dag.task_dict["set_staging_alias"].alias == "staging"
+    # Promotion is checked against the production the gate compared with (and the approver saw).
+    expected = dag.task_dict["promote_model"].expected_production
+    assert (expected.operator.task_id, expected.key) == ("accuracy_gate", "decision")
+    assert "expected_production" in dag.task_dict["promote_model"].template_fields
     # Waiting for a person must not be retried into a second request.
     assert dag.task_dict["approval"].retries == 0
     assert dag.task_dict["train"].retries == 2

@@ -374,6 +374,28 @@ def test_promote_records_previous(three_versions: ModelStore) -> None:
     assert prev is not None and (prev["version"], prev["generation"]) == (2, 2)
 
 
+def test_promote_against_an_expected_generation(three_versions: ModelStore) -> None:
+    store = three_versions
+    # No production yet and none expected: the first promotion.
+    first = store.promote(MODEL, 1, run_id="r1", approved_by="alice", extra=None, expected_generation=None)
+    assert first["generation"] == 1
+    # Expecting none while one exists, or an older generation, loses: nothing is written.
+    with pytest.raises(AliasConflictError, match="generation 1"):
+        store.promote(MODEL, 2, run_id="r2", approved_by="bob", extra=None, expected_generation=None)
+    store.promote(MODEL, 2, run_id="r2", approved_by="bob", extra=None, expected_generation=1)
+    with pytest.raises(AliasConflictError, match="not 1 as run 'r3' expected"):
+        store.promote(MODEL, 3, run_id="r3", approved_by="carol", extra=None, expected_generation=1)
+    assert [h["version"] for h in store.alias_history(MODEL, "production")] == [1, 2]
+    previous = store.get_alias(MODEL, "previous")
+    assert previous is not None and previous["version"] == 1
+    # Production at the version by this very run (its retry) is returned as it is; by another run, not.
+    again = store.promote(MODEL, 2, run_id="r2", approved_by="bob", extra=None, expected_generation=1)
+    assert again == store.get_alias(MODEL, "production") and again["generation"] == 2
+    with pytest.raises(AliasConflictError):
+        store.promote(MODEL, 2, run_id="other", approved_by="bob", extra=None, expected_generation=1)
+    assert len(store.alias_history(MODEL, "production")) == 2
+
+
 def test_rollback_returns_production_to_the_prior_version(three_versions: ModelStore) -> None:
     store = three_versions
     store.promote(MODEL, 1, run_id="r1", approved_by="alice", extra={"accuracy": 0.81})

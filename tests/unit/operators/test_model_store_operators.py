@@ -1,5 +1,6 @@
-"""ModelPromoteOperator and ModelAliasOperator on a real file:// store: a lost promotion race fails the task
-for good (its retries would promote over the winner without a new approval); staging aliases are recorded."""
+"""ModelPromoteOperator and ModelAliasOperator on a real file:// store: a lost promotion race, or production
+moved since the accuracy gate, fails the task for good (its retries would promote over the winner without a
+new approval); staging aliases are recorded."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, ModelStoreError
 from airflow_provider_mlpipe.modelstore import ModelStore, open_store
 from airflow_provider_mlpipe.modelstore.backends import FileBackend
+from airflow_provider_mlpipe.operators.gates import AccuracyGateOperator
 from airflow_provider_mlpipe.operators.model_store import (
     ModelAliasOperator,
     ModelPromoteOperator,
@@ -269,3 +271,112 @@ def test_rollback_without_an_earlier_version_or_reason_fails_naming_it(root: Pat
         rollback_operator(root).execute(rollback_context(FakeTI()))
     with pytest.raises(ConfigError, match="reason"):
         rollback_operator(root, reason=" ").execute(rollback_context(FakeTI()))
+
+
+# --- ModelPromoteOperator against the production the accuracy gate compared with --------------------------
+
+
+def gate_decision(root: Path) -> dict[str, Any]:
+    """The real accuracy gate's `decision` XCom, taken on the store as it is now."""
+    ti = FakeTI()
+    gate = AccuracyGateOperator(
+        task_id="accuracy_gate",
+        metrics={"accuracy": 0.9},
+        min_accuracy=0.5,
+        pass_task_id="approval",
+        fail_task_id="accuracy_rejected",
+        model_store=root.as_uri(),
+    )
+    assert gate.choose_branch({**context(), "ti": ti}) == "approval"
+    decision: dict[str, Any] = ti.pushed["decision"]
+    return decision
+
+
+def checked_promote(root: Path, decision: dict[str, Any]) -> ModelPromoteOperator:
+    operator = promote_operator(root)
+    operator.expected_production = decision
+    return operator
+
+
+def test_the_gate_records_the_production_alias_it_compared_against(root: Path) -> None:
+    before = gate_decision(root)
+    assert (before["production_version"], before["production_generation"]) == (None, None)
+    open_store(root.as_uri()).promote(MODEL, 1, run_id="seed", approved_by="carol", extra={"accuracy": 0.8})
+    decision = gate_decision(root)
+    assert (decision["production_version"], decision["production_generation"]) == (1, 1)
+    assert (decision["passed"], decision["production_accuracy"]) == (True, 0.8)
+
+
+def test_promotion_after_production_moved_since_the_gate_fails_without_retry(root: Path) -> None:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    decision = gate_decision(root)
+    # Another run, parked at approval beside this one, is approved and promoted first.
+    store.promote(MODEL, 3, run_id="dag/other", approved_by="dave", extra=None)
+    with pytest.raises(AirflowFailException) as info:
+        checked_promote(root, decision).execute(context())
+    message = str(info.value)
+    assert "alias production of fashion_mnist" in message
+    assert "accuracy gate compared v2 against generation 1 (v1)" in message
+    assert "now v3 (generation 2, run 'dag/other', approved by dave)" in message
+    assert f"Run {RUN!r} did not promote v2" in message and "needs a new approval" in message
+    assert isinstance(info.value.__cause__, AliasConflictError)
+    assert [h["run_id"] for h in store.alias_history(MODEL, "production")] == ["seed", "dag/other"]
+    previous = store.get_alias(MODEL, "previous")
+    assert previous is not None and (previous["version"], previous["run_id"]) == (1, "dag/other")
+
+
+def test_promotion_over_the_production_the_gate_saw_succeeds(root: Path) -> None:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    record = checked_promote(root, gate_decision(root)).execute(context())
+    assert (record["version"], record["generation"], record["run_id"], record["approved_by"]) == (
+        2,
+        2,
+        RUN,
+        "alice",
+    )
+    assert store.get_alias(MODEL, "production") == record
+    previous = store.get_alias(MODEL, "previous")
+    assert previous is not None and (previous["version"], previous["run_id"]) == (1, RUN)
+
+
+def test_first_promotion_loses_to_a_rival_when_the_gate_saw_no_production(root: Path) -> None:
+    decision = gate_decision(root)
+
+    def rival() -> object:
+        return open_store(root.as_uri()).promote(MODEL, 3, run_id="dag/rival", approved_by="dave", extra=None)
+
+    # The rival writes the first production record right before ours.
+    operator = with_store(
+        checked_promote(root, decision), ModelStore(RivalBackend(root, "production", rival))
+    )
+    with pytest.raises(AirflowFailException) as info:
+        operator.execute(context())
+    message = str(info.value)
+    assert "compared v2 against no production (none existed yet)" in message
+    assert "now v3 (generation 1, run 'dag/rival', approved by dave)" in message
+    history = open_store(root.as_uri()).alias_history(MODEL, "production")
+    assert [(h["version"], h["run_id"]) for h in history] == [(3, "dag/rival")]
+
+
+def test_a_retry_after_its_own_checked_promotion_returns_it_and_writes_nothing(root: Path) -> None:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    decision = gate_decision(root)
+    first = checked_promote(root, decision).execute(context())
+    histories = {alias: store.alias_history(MODEL, alias) for alias in ("production", "previous")}
+    # The retry carries the same decision, taken before its own promotion moved production.
+    again = checked_promote(root, decision).execute(context())
+    assert again == first
+    assert {alias: store.alias_history(MODEL, alias) for alias in histories} == histories
+
+
+def test_a_decision_without_the_generation_it_saw_is_refused(root: Path) -> None:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    legacy = {"passed": True, "production_version": 1, "production_accuracy": None}
+    with pytest.raises(ConfigError) as info:
+        checked_promote(root, legacy).execute(context())
+    assert info.value.field == "expected_production"
+    assert [h["version"] for h in store.alias_history(MODEL, "production")] == [1]
