@@ -155,7 +155,7 @@ def test_happy_path_reaches_production(stack: AirflowStack, promoted: dict[str, 
     assert record["version"] == version
     assert record["approved_by"] == "admin"
     staging = _store(stack).get_alias("fashion_mnist", "staging")
-    assert staging["run_id"] == f"{DAG_ID}/{promoted['run_id']}"
+    assert (staging["version"], staging["run_id"]) == (version, f"{DAG_ID}/{promoted['run_id']}")
     assert record["run_id"] == f"{DAG_ID}/{promoted['run_id']}"
 
 
@@ -469,7 +469,8 @@ def test_rollback_restores_the_previous_model_and_production_serves_it(
     assert served["model_version_status"][0]["version"] == str(second)
 
     admin.wait_for_dag(ROLLBACK_DAG_ID)
-    run_id = admin.trigger(ROLLBACK_DAG_ID, {"reason": "e2e: complaints about v2"}, run_id="e2e-rollback")
+    rollback_conf = {"reason": "e2e: complaints about v2", "verify_sample": BASE_CONF["verify_sample"]}
+    run_id = admin.trigger(ROLLBACK_DAG_ID, rollback_conf, run_id="e2e-rollback")
     states = admin.wait_for_run(ROLLBACK_DAG_ID, run_id, timeout=600)
     assert admin.run_state(ROLLBACK_DAG_ID, run_id) == "success", states
 
