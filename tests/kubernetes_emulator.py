@@ -10,7 +10,8 @@ What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested again
   pods and pod logs themselves through `EmulatedCluster`;
 - server-side metadata (uid, resourceVersion, creationTimestamp, generation bumped on spec changes) is
   added by the shim, not by an apiserver;
-- label selectors: equality terms only; pod logs: served from `set_log`, `tailLines` honoured;
+- label selectors: equality terms only; pod logs: served from `set_log` (each line stamped with the time
+  `set_log` first saw it), with `timestamps`, `sinceSeconds` and `tailLines` honoured as the kubelet does;
 - no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
 - `watch=True` as the Python clients send it (`True`, not `true`) is normalised, though the runtime polls.
 
@@ -114,7 +115,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.calls: list[tuple[str, str, str]] = []
-        self.pod_logs: dict[tuple[str, str], list[str]] = {}
+        # (namespace, pod) -> [(when the line was written, line)]
+        self.pod_logs: dict[tuple[str, str], list[tuple[datetime.datetime, str]]] = {}
+        # The query of every pod log request and how many lines it was sent, in order.
+        self.log_queries: list[dict[str, str]] = []
+        self.log_lines_sent: list[int] = []
         self._rv = itertools.count(1000)
         # Every HTTP request as (method, path), faulted ones included; the faults still to serve, and
         # how many of each kind were served ("GET 503", "POST reset", ...).
@@ -222,11 +227,27 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if request.subresource == "log":
             if (request.namespace, request.name) not in self.pod_logs:
                 raise kmock.KubernetesObjectNotFoundError()
+            params = {key: str(value) for key, value in request.params.items()}
+            self.log_queries.append(params)
             lines = self.pod_logs[request.namespace, request.name]
-            tail = int(request.params.get("tailLines") or 0)
+            since = int(params.get("sinceSeconds") or 0)
+            if since:
+                start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since)
+                lines = [(when, line) for when, line in lines if when >= start]
+            tail = int(params.get("tailLines") or 0)
             shown = lines[-tail:] if tail else lines
-            return "".join(f"{line}\n" for line in shown).encode()
+            self.log_lines_sent.append(len(shown))
+            stamped = params.get("timestamps", "").lower() == "true"
+            return "".join(
+                f"{_rfc3339nano(when)} {line}\n" if stamped else f"{line}\n" for when, line in shown
+            ).encode()
         return await super()._serve_fetch(request)
+
+
+def _rfc3339nano(when: datetime.datetime) -> str:
+    """Go's time.RFC3339Nano, as the kubelet stamps log lines: trailing zeros of the fraction dropped."""
+    fraction = f"{when.microsecond:06d}000".rstrip("0")
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
 def _rbac(method: str, path: str, query: str) -> tuple[str, str, str]:
@@ -490,8 +511,15 @@ class EmulatedCluster:
 
         self._run(_add())
 
-    def set_log(self, pod: str, lines: list[str], namespace: str = NAMESPACE) -> None:
-        self.api.pod_logs[namespace, pod] = list(lines)
+    def set_log(
+        self, pod: str, lines: list[str], namespace: str = NAMESPACE, at: datetime.datetime | None = None
+    ) -> None:
+        """The pod's whole log so far: lines beyond the ones already there are written now (or `at`)."""
+        when = at or datetime.datetime.now(datetime.UTC)
+        old = self.api.pod_logs.get((namespace, pod), [])
+        if [line for _, line in old] != list(lines[: len(old)]):
+            old = []
+        self.api.pod_logs[namespace, pod] = [*old, *((when, line) for line in lines[len(old) :])]
 
     # --- controller shortcuts --------------------------------------------------------------------------
 

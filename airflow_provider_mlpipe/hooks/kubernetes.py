@@ -472,13 +472,26 @@ class AsyncKubernetesResourceHook(BaseHook):
             )
         return [] if data is None else list(_json(data).get("items") or [])
 
-    async def pod_log(self, name: str, *, tail_lines: int | None = None) -> list[str]:
-        """The pod's log lines; none when it has no log yet (400: its container is still waiting) or no
-        longer (404). Any other failure (403 without `pods/log`, a server still failing after the retries)
-        is raised as a KubernetesRuntimeError: the caller decides whether it matters."""
+    async def pod_log(
+        self,
+        name: str,
+        *,
+        tail_lines: int | None = None,
+        since_seconds: int | None = None,
+        timestamps: bool = False,
+    ) -> list[str]:
+        """The pod's log lines (the last `tail_lines`, those of the last `since_seconds`, each prefixed with
+        the kubelet's RFC 3339 timestamp and a space with `timestamps`); none when it has no log yet (400:
+        its container is still waiting) or no longer (404). Any other failure (403 without `pods/log`, a
+        server still failing after the retries) is raised as a KubernetesRuntimeError: the caller decides
+        whether it matters."""
         from kubernetes_asyncio.client.exceptions import ApiException
 
         kwargs: dict[str, Any] = {"tail_lines": tail_lines} if tail_lines else {}
+        if since_seconds:
+            kwargs["since_seconds"] = since_seconds
+        if timestamps:
+            kwargs["timestamps"] = True
         async with self._api("Pod") as (api, _):
             try:
                 data = await self._call(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -21,6 +24,11 @@ from airflow_provider_mlpipe.hooks.kubernetes import (
 from airflow_provider_mlpipe.retries import RetryPolicy
 
 TAIL_LINES = 20
+# Each poll after the first asks the kubelet for the lines of the last (time since the last line copied +
+# this) seconds, and drops the ones already copied by their timestamps: the margin covers a node clock
+# ahead of the triggerer's, at the price of re-reading that many seconds of log per poll.
+LOG_OVERLAP_SECONDS = 60
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z$")
 # The Job's delete on a user's kill: worst case 3 requests of 5 s and waits of 0.5 and 1 s, well inside
 # Airflow's default `[triggerer] on_kill_timeout` of 30 s.
 ON_KILL_RETRY = RetryPolicy(attempts=3, base_delay=0.5, max_delay=1.0)
@@ -33,13 +41,17 @@ class KubernetesJobTrigger(BaseTrigger):
     Events: `success`; `failed` with the Job's reason (BackoffLimitExceeded, DeadlineExceeded ...), the
     pods' termination reasons and the last log lines; `timeout`; `gone` (the Job was deleted under us).
 
-    Each poll reads the newest pod's whole log and copies the lines not shown yet into the task log. Airflow
-    stores a trigger's kwargs once, when the task defers, and a restarted triggerer rebuilds the trigger
-    from them: the progress below lives in this instance only, so after a restart the log is copied again
-    from its first line (lines shown before the restart appear twice).
+    Each poll copies the newest pod's new log lines into the task log. The first poll of a pod reads its
+    whole log, with the kubelet's timestamps; later polls read only the last seconds since the last line
+    copied (`sinceSeconds`, plus LOG_OVERLAP_SECONDS) and skip what was copied already by timestamp, so an
+    hours-long training's log is not downloaded again on every poll. Airflow stores a trigger's kwargs
+    once, when the task defers, and a restarted triggerer rebuilds the trigger from them: the progress
+    lives in this instance only, so after a restart the log is copied again from its first line (lines
+    shown before the restart appear twice).
 
-    :param log_pod: / :param log_offset: the pod whose log is being copied and how many of its lines were
-        shown (in memory; as stored at defer time after a triggerer restart, see above).
+    :param log_pod: / :param log_since: / :param log_seen: the pod whose log is being copied, the timestamp
+        of the last line copied (RFC 3339, as the kubelet wrote it), and how many lines carrying exactly that
+        timestamp were copied (in memory; as stored at defer time after a triggerer restart, see above).
     :param transient_retry: how each API call retries transient errors (`RetryPolicy.as_conf()`; None: the
         defaults). A status check that still fails is logged and the wait goes on until `timeout_at`; a
         pod listing or log read that fails is logged and skipped (the Job's status decides the outcome).
@@ -54,7 +66,8 @@ class KubernetesJobTrigger(BaseTrigger):
         timeout_at: float,
         poll_interval: float = 10.0,
         log_pod: str = "",
-        log_offset: int = 0,
+        log_since: str = "",
+        log_seen: int = 0,
         transient_retry: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -64,7 +77,8 @@ class KubernetesJobTrigger(BaseTrigger):
         self.timeout_at = timeout_at
         self.poll_interval = poll_interval
         self.log_pod = log_pod
-        self.log_offset = log_offset
+        self.log_since = log_since
+        self.log_seen = log_seen
         self.transient_retry = transient_retry
         # The last error of copying the log, so that a lasting one is logged once.
         self._log_error = ""
@@ -79,7 +93,8 @@ class KubernetesJobTrigger(BaseTrigger):
                 "timeout_at": self.timeout_at,
                 "poll_interval": self.poll_interval,
                 "log_pod": self.log_pod,
-                "log_offset": self.log_offset,
+                "log_since": self.log_since,
+                "log_seen": self.log_seen,
                 "transient_retry": self.transient_retry,
             },
         )
@@ -106,12 +121,19 @@ class KubernetesJobTrigger(BaseTrigger):
         name = pod["metadata"]["name"]
         if name != self.log_pod:
             # A new pod (the Job retried after a failed one): its log starts from the beginning.
-            self.log_pod, self.log_offset = name, 0
+            self.log_pod, self.log_since, self.log_seen = name, "", 0
             self.log.info("Following the log of pod %s/%s", self.namespace, name)
-        lines = await hook.pod_log(name)
-        for line in lines[self.log_offset :]:
-            self.log.info("[%s] %s", name, line)
-        self.log_offset = max(self.log_offset, len(lines))
+        since = _parse_stamp(self.log_since)
+        window = None
+        if since is not None:
+            window = max(1, math.ceil(datetime.now(UTC).timestamp() - since[0])) + LOG_OVERLAP_SECONDS
+        lines = await hook.pod_log(name, since_seconds=window, timestamps=True)
+        for stamp, text in _new_lines(lines, self.log_since, self.log_seen):
+            self.log.info("[%s] %s", name, text)
+            if stamp == self.log_since:
+                self.log_seen += 1
+            else:
+                self.log_since, self.log_seen = stamp, 1
 
     async def _follow_log(self, hook: AsyncKubernetesResourceHook) -> None:
         try:
@@ -206,3 +228,39 @@ class KubernetesJobTrigger(BaseTrigger):
         (Not `cleanup()`: that also runs when a triggerer restarts, when the training must go on.)"""
         self.log.info("Task killed by a user: deleting Job %s/%s", self.namespace, self.job_name)
         await self._kill_hook().delete("Job", self.job_name, propagation="Foreground")
+
+
+def _parse_stamp(stamp: str) -> tuple[float, int] | None:
+    """(whole seconds since the epoch, nanoseconds) of a kubelet timestamp; None for anything else.
+
+    Go's RFC3339Nano drops the fraction's trailing zeros, so the strings do not sort as text."""
+    match = _STAMP.match(stamp)
+    if match is None:
+        return None
+    seconds = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return seconds, int((match.group(2) or "").ljust(9, "0"))
+
+
+def _new_lines(lines: list[str], since: str, seen: int) -> list[tuple[str, str]]:
+    """(timestamp, text) of the lines after the `seen` lines stamped exactly `since` (all, when `since` is
+    empty). A line without a timestamp (a runtime that writes none) counts as stamped like the one before.
+    """
+    after = _parse_stamp(since)
+    out: list[tuple[str, str]] = []
+    stamp, key = "", after
+    skip = seen
+    for line in lines:
+        head, _, text = line.partition(" ")
+        parsed = _parse_stamp(head)
+        if parsed is not None:
+            stamp, key = head, parsed
+        else:
+            text = line
+        if after is not None and key is not None:
+            if key < after:
+                continue
+            if key == after and skip > 0:
+                skip -= 1
+                continue
+        out.append((stamp, text))
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ async def test_creates_the_job_follows_its_log_and_succeeds(
             "timeout_at": trigger.timeout_at,
             "poll_interval": 0.05,
             "log_pod": "",
-            "log_offset": 0,
+            "log_since": "",
+            "log_seen": 0,
             "transient_retry": {"attempts": 5, "base_delay": 0.5, "max_delay": 30.0},
         },
     )
@@ -324,3 +326,78 @@ def test_check_sent_refuses_what_an_apiserver_would() -> None:
         )
         with pytest.raises(AssertionError, match=r"\('batch', 'jobs', 'list'\)"):
             check_sent(cluster)
+
+
+async def test_the_log_is_read_incrementally_each_line_copied_once(
+    k8s: EmulatedCluster, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """After the first read of a pod's log, each poll asks only for the last seconds (sinceSeconds, with
+    the kubelet's timestamps) and drops what it copied already: an hours-long log is not downloaded again on
+    every poll, and lines sharing one timestamp are neither lost nor repeated."""
+    import datetime as dt
+
+    name = "train-fashion-mnist-v1-log"
+    pod = f"{name}-x1"
+    k8s.add("jobs", {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {}})
+    k8s.add_job_pod(name, pod)
+    # Three hours of training, a line every 20 s.
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    old = [f"step {i}" for i in range(500)]
+    for i in range(len(old)):
+        k8s.set_log(pod, old[: i + 1], at=start + dt.timedelta(seconds=20 * i))
+    trigger = KubernetesJobTrigger(
+        job_name=name, namespace=NAMESPACE, conn_id=CONN_ID, timeout_at=time.time() + 60, poll_interval=0.05
+    )
+    waiting = asyncio.create_task(first_event(trigger))
+    await asyncio.sleep(0.4)
+    same_moment = dt.datetime.now(dt.UTC)
+    k8s.set_log(pod, [*old, "epoch 1/2", "epoch 1/2 done"], at=same_moment)
+    await asyncio.sleep(0.4)
+    # Written later within the same timestamp as the two before: still copied, once.
+    k8s.set_log(pod, [*old, "epoch 1/2", "epoch 1/2 done", "epoch 2/2"], at=same_moment)
+    await asyncio.sleep(0.4)
+    k8s.finish_job(name, succeeded=True)
+    assert (await waiting)["status"] == "success"
+
+    log = "".join(capfd.readouterr())
+    # Each copied line is logged as "[<pod>] <line> [<logger>] ...".
+    for line in ("step 0", "step 499", "epoch 1/2", "epoch 1/2 done", "epoch 2/2"):
+        assert log.count(f"-x1] {line} [") == 1, line
+    reads = [
+        (q, n)
+        for q, n in zip(k8s.api.log_queries, k8s.api.log_lines_sent, strict=True)
+        if "tailLines" not in q
+    ]
+    assert len(reads) >= 3
+    assert all(q.get("timestamps", "").lower() == "true" for q, _ in reads), reads
+    # The first read is the whole log; every later one starts shortly before the last line copied, so it
+    # is sent a few lines (the minute of overlap), not the three hours before them.
+    assert "sinceSeconds" not in reads[0][0] and reads[0][1] == 500
+    assert all("sinceSeconds" in q and n <= 10 for q, n in reads[1:]), reads
+
+
+def test_new_lines_compares_kubelet_timestamps_as_times_not_text() -> None:
+    """Go's RFC3339Nano drops trailing zeros (".5Z" is later than ".123Z", though it sorts first as text);
+    lines stamped exactly like the last one copied are skipped only as many times as they were copied."""
+    from airflow_provider_mlpipe.triggers.kubernetes_job import _new_lines
+
+    lines = [
+        "2026-01-01T00:00:01.123Z a",
+        "2026-01-01T00:00:01.5Z b",
+        "2026-01-01T00:00:01.5Z c",
+        "a continuation line without a stamp",
+        "2026-01-01T00:00:02Z d",
+    ]
+    assert _new_lines(lines, "", 0) == [
+        ("2026-01-01T00:00:01.123Z", "a"),
+        ("2026-01-01T00:00:01.5Z", "b"),
+        ("2026-01-01T00:00:01.5Z", "c"),
+        ("2026-01-01T00:00:01.5Z", "a continuation line without a stamp"),
+        ("2026-01-01T00:00:02Z", "d"),
+    ]
+    # Copied so far: up to "b" (one line stamped .5).
+    assert [text for _, text in _new_lines(lines, "2026-01-01T00:00:01.500000000Z", 1)] == [
+        "c",
+        "a continuation line without a stamp",
+        "d",
+    ]
