@@ -16,7 +16,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_mlpipe.demo.stack import AirflowStack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -192,6 +195,14 @@ def dataset_dir() -> Path:
             "files (benchmarks never download)"
         )
     return Path(found)
+
+
+def airflow_stack(home: str | Path, **config: Any) -> AirflowStack:
+    """The demo's AirflowStack for AIRFLOW_HOME `home`, its api-server and production port free ones;
+    `config`: the other StackConfig fields."""
+    from airflow_provider_mlpipe.demo.stack import AirflowStack, StackConfig, free_port
+
+    return AirflowStack(StackConfig(home=Path(home), port=free_port(), production_port=free_port(), **config))
 
 
 @contextlib.contextmanager

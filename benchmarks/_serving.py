@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from airflow_provider_mlpipe.demo.stack import free_port
 from benchmarks._common import WORK_DIR, dataset_dir
 
 MODEL = "fashion_mnist"
@@ -42,12 +42,6 @@ def ensure_model() -> Path:
             stdout=subprocess.DEVNULL,
         )
     return store
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO_ROOT, Figure, check_repeats, dataset_dir, parser, report
+from benchmarks._common import REPO_ROOT, Figure, airflow_stack, check_repeats, dataset_dir, parser, report
 
 CHAIN_DAG = "bench_noop_chain"
 PIPELINE_DAG = "mlpipe_fashion_mnist"
@@ -39,21 +39,11 @@ def chain_gaps(tis: list[dict[str, Any]]) -> tuple[list[float], float]:
 
 
 def run_chain(config_name: str, extra: dict[str, dict[str, str]], repeats: int) -> dict[str, Any]:
-    from airflow_provider_mlpipe.demo.stack import AirflowStack, StackConfig, free_port
-
     gaps: list[float] = []
     e2e: list[float] = []
     median_gap_per_run: list[float] = []
     with tempfile.TemporaryDirectory(prefix=f"mlpipe-bench-{config_name}-") as home:
-        stack = AirflowStack(
-            StackConfig(
-                home=Path(home),
-                port=free_port(),
-                production_port=free_port(),
-                dags_folder=REPO_ROOT / "benchmarks" / "dags",
-                extra_config=extra,
-            )
-        )
+        stack = airflow_stack(home, dags_folder=REPO_ROOT / "benchmarks" / "dags", extra_config=extra)
         with stack.running(CHAIN_DAG):
             client = stack.client()
             for n in range(repeats + 1):
@@ -109,15 +99,9 @@ class ServingStarts:
 
 
 def run_pipeline(repeats: int) -> dict[str, Any]:
-    from airflow_provider_mlpipe.demo.stack import AirflowStack, StackConfig, free_port
-
     rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="mlpipe-bench-pipeline-") as home:
-        stack = AirflowStack(
-            StackConfig(
-                home=Path(home), port=free_port(), production_port=free_port(), dataset_dir=str(dataset_dir())
-            )
-        )
+        stack = airflow_stack(home, dataset_dir=str(dataset_dir()))
         state = Path(home) / "mlpipe" / "state"
         with stack.running(PIPELINE_DAG), ServingStarts(state) as serving_starts:
             client = stack.client()

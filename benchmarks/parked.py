@@ -15,10 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import REPO_ROOT, Figure, check_repeats, parser, postgres_database, report
+from benchmarks._common import (
+    REPO_ROOT,
+    Figure,
+    airflow_stack,
+    check_repeats,
+    parser,
+    postgres_database,
+    report,
+)
 
 DAG_ID = "bench_parked_approval"
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 _LOOP = re.compile(r"Ran scheduling loop in ([0-9.]+) ms")
 
 
@@ -125,25 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=30.0, help="seconds observed per measurement")
     args = p.parse_args(argv)
     repeats = check_repeats(args.repeats)
-    from airflow_provider_mlpipe.demo.stack import AirflowStack, StackConfig, free_port
-
     idle: list[dict[str, Any]] = []
     parked: list[dict[str, Any]] = []
     slots: list[float] = []
     # PostgreSQL: 200 runs starting at once is a production load, which SQLite's single writer lock
     # turns into "database is locked" errors.
     with postgres_database() as db, tempfile.TemporaryDirectory(prefix="mlpipe-bench-parked-") as home:
-        stack = AirflowStack(
-            StackConfig(
-                home=Path(home),
-                sql_alchemy_conn=db,
-                port=free_port(),
-                production_port=free_port(),
-                dags_folder=REPO_ROOT / "benchmarks" / "dags",
-                parallelism=32,
-            )
+        stack = airflow_stack(
+            home, sql_alchemy_conn=db, dags_folder=REPO_ROOT / "benchmarks" / "dags", parallelism=32
         )
-        with stack.running(DAG_ID, COMPONENTS):
+        with stack.running(DAG_ID):  # every component, the triggerer too
             client = stack.client()
             time.sleep(10)  # let start-up settle before the baseline
             for _ in range(repeats):

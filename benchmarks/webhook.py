@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from benchmarks._common import Figure, check_repeats, parser, postgres_database, report
+from benchmarks._common import Figure, airflow_stack, check_repeats, parser, postgres_database, report
 
 SECRET = "bench-" + "5e" * 16
 DAG_ID = "bench_acr_ingest"
@@ -110,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
     args = p.parse_args(argv)
     repeats = check_repeats(args.repeats)
-    from airflow_provider_mlpipe.demo.stack import AirflowStack, StackConfig, free_port
-
     rng = random.Random(7)
     rates: list[float] = []
     p50: list[float] = []
@@ -124,26 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         dags = home / "dags"
         dags.mkdir()
         (dags / f"{DAG_ID}.py").write_text(DAG_FILE)
-        stack = AirflowStack(
-            StackConfig(
-                home=home,
-                port=free_port(),
-                production_port=free_port(),
-                dags_folder=dags,
-                sql_alchemy_conn=db,
-            )
-        )
+        stack = airflow_stack(home, dags_folder=dags, sql_alchemy_conn=db)
         # Set before the api-server starts: the webhook caches its settings for acr_webhook_config_ttl.
         stack.write_config()
         stack.airflow("db", "migrate")
         routes = [{"repository": REPO, "tag": "*", "dag_id": DAG_ID}]
         stack.airflow("variables", "set", "mlpipe_acr_webhook_secret", SECRET)
         stack.airflow("variables", "set", "mlpipe_acr_routes", json.dumps(routes))
-        stack_ctx.callback(stack.stop)
-        stack.start(components=("api-server", "dag-processor", "scheduler"))
+        stack_ctx.enter_context(stack.running(DAG_ID, ("api-server", "dag-processor", "scheduler")))
         client = stack.client()
-        client.wait_for_dag(DAG_ID)
-        client.unpause(DAG_ID)
         url = f"{stack.url}/mlpipe/webhooks/acr"
         blast(url, [f"sha256:{i:064x}" for i in range(1, 33)], args.concurrency)  # warm-up, 32 runs
         for n in range(repeats):
