@@ -228,7 +228,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if (request.namespace, request.name) not in self.pod_logs:
                 raise kmock.KubernetesObjectNotFoundError()
             params = {key: str(value) for key, value in request.params.items()}
-            self.log_queries.append(params)
             lines = self.pod_logs[request.namespace, request.name]
             since = int(params.get("sinceSeconds") or 0)
             if since:
@@ -236,6 +235,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 lines = [(when, line) for when, line in lines if when >= start]
             tail = int(params.get("tailLines") or 0)
             shown = lines[-tail:] if tail else lines
+            # Recorded once the lines are chosen: a test that waits for a read knows what it was sent.
+            self.log_queries.append(params)
             self.log_lines_sent.append(len(shown))
             stamped = params.get("timestamps", "").lower() == "true"
             return "".join(

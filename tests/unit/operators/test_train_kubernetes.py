@@ -348,14 +348,24 @@ async def test_the_log_is_read_incrementally_each_line_copied_once(
     trigger = KubernetesJobTrigger(
         job_name=name, namespace=NAMESPACE, conn_id=CONN_ID, timeout_at=time.time() + 60, poll_interval=0.05
     )
+
+    async def polled() -> None:
+        """Until the trigger has read the log once more (a loaded machine can take a while to start it)."""
+        reads = len(k8s.api.log_queries)
+        for _ in range(600):
+            if len(k8s.api.log_queries) > reads:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the trigger stopped reading the pod's log")
+
     waiting = asyncio.create_task(first_event(trigger))
-    await asyncio.sleep(0.4)
+    await polled()
     same_moment = dt.datetime.now(dt.UTC)
     k8s.set_log(pod, [*old, "epoch 1/2", "epoch 1/2 done"], at=same_moment)
-    await asyncio.sleep(0.4)
+    await polled()
     # Written later within the same timestamp as the two before: still copied, once.
     k8s.set_log(pod, [*old, "epoch 1/2", "epoch 1/2 done", "epoch 2/2"], at=same_moment)
-    await asyncio.sleep(0.4)
+    await polled()
     k8s.finish_job(name, succeeded=True)
     assert (await waiting)["status"] == "success"
 
