@@ -13,6 +13,7 @@ library is imported only to classify an exception raised by that library, so it 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import math
@@ -122,9 +123,12 @@ _EXPECTED = 'an object such as {"attempts": 5, "base_delay": 0.5, "max_delay": 3
 
 
 def _seconds(field_name: str, value: object, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(field_name, value, f"a number of seconds >= {minimum:g}")
-    if value < minimum:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
         raise ConfigError(field_name, value, f"a number of seconds >= {minimum:g}")
     return float(value)
 
@@ -158,17 +162,15 @@ def _oss2_transient(exc: BaseException) -> bool:
     return False
 
 
-def _kubernetes_transient(exc: BaseException) -> bool:
-    from kubernetes.client.exceptions import ApiException
+def _kubernetes_family(package: str) -> Callable[[BaseException], bool]:
+    """The classifier of `kubernetes` or `kubernetes_asyncio`: both raise their own ApiException alike."""
 
-    # Status 0: the client got no HTTP answer at all.
-    return isinstance(exc, ApiException) and (not exc.status or is_transient_status(exc.status))
+    def classify(exc: BaseException) -> bool:
+        api_exception = importlib.import_module(f"{package}.client.exceptions").ApiException
+        # Status 0: the client got no HTTP answer at all.
+        return isinstance(exc, api_exception) and (not exc.status or is_transient_status(exc.status))
 
-
-def _kubernetes_asyncio_transient(exc: BaseException) -> bool:
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    return isinstance(exc, ApiException) and (not exc.status or is_transient_status(exc.status))
+    return classify
 
 
 def _requests_transient(exc: BaseException) -> bool:
@@ -208,8 +210,8 @@ def _aiohttp_transient(exc: BaseException) -> bool:
 
 _FAMILIES: tuple[tuple[str, Callable[[BaseException], bool]], ...] = (
     ("oss2", _oss2_transient),
-    ("kubernetes_asyncio", _kubernetes_asyncio_transient),
-    ("kubernetes", _kubernetes_transient),
+    ("kubernetes_asyncio", _kubernetes_family("kubernetes_asyncio")),
+    ("kubernetes", _kubernetes_family("kubernetes")),
     ("requests", _requests_transient),
     ("urllib3", _urllib3_transient),
     ("aiohttp", _aiohttp_transient),

@@ -180,9 +180,6 @@ class KubernetesResourceHook(BaseHook):
         api_name, suffix = _api_name(kind)
         return getattr(client, api_name)(api_client=self.api_client), suffix
 
-    def _what(self, verb: str, kind: str, name: str) -> str:
-        return f"{verb} {kind} {self.namespace}/{name}"
-
     def _call(
         self,
         what: str,
@@ -208,13 +205,11 @@ class KubernetesResourceHook(BaseHook):
         try:
             return call_with_retry(attempt, policy=self.retry, what=what)
         except RetriesExhausted as exhausted:
-            raise KubernetesRuntimeError(
-                f"{what} failed after {exhausted.attempts} attempts: {_describe(exhausted.last)}"
-            ) from exhausted.last
+            raise _exhausted(what, exhausted) from exhausted.last
         except ApiException as err:
             if err.status in passthrough:
                 raise
-            raise KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}") from None
+            raise _refused(what, err) from None
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -222,7 +217,7 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         try:
             data = self._call(
-                self._what("GET", kind, name),
+                _what("GET", kind, self.namespace, name),
                 getattr(api, f"read_{suffix}"),
                 name,
                 self.namespace,
@@ -250,7 +245,7 @@ class KubernetesResourceHook(BaseHook):
         try:
             created = _json(
                 self._call(
-                    self._what("create", kind, name),
+                    _what("create", kind, self.namespace, name),
                     getattr(api, f"create_{suffix}"),
                     self.namespace,
                     body,
@@ -278,7 +273,7 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         return _json(
             self._call(
-                self._what("patch", kind, name),
+                _what("patch", kind, self.namespace, name),
                 getattr(api, f"patch_{suffix}"),
                 name,
                 self.namespace,
@@ -294,7 +289,7 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         try:
             self._call(
-                self._what("delete", kind, name),
+                _what("delete", kind, self.namespace, name),
                 getattr(api, f"delete_{suffix}"),
                 name,
                 self.namespace,
@@ -338,7 +333,7 @@ class KubernetesResourceHook(BaseHook):
             kwargs["tail_lines"] = tail_lines
         try:
             data = self._call(
-                self._what("read the log of", "Pod", name),
+                _what("read the log of", "Pod", self.namespace, name),
                 api.read_namespaced_pod_log,
                 name,
                 self.namespace,
@@ -406,9 +401,6 @@ class AsyncKubernetesResourceHook(BaseHook):
                 session._retry_connection = False
             yield getattr(client, api_name)(api_client), suffix
 
-    def _what(self, verb: str, kind: str, name: str) -> str:
-        return f"{verb} {kind} {self.namespace}/{name}"
-
     async def _call(
         self,
         what: str,
@@ -445,20 +437,18 @@ class AsyncKubernetesResourceHook(BaseHook):
         try:
             return await call_with_retry_async(attempt, policy=self.retry, what=what)
         except RetriesExhausted as exhausted:
-            raise KubernetesRuntimeError(
-                f"{what} failed after {exhausted.attempts} attempts: {_describe(exhausted.last)}"
-            ) from exhausted.last
+            raise _exhausted(what, exhausted) from exhausted.last
         except ApiException as err:
             if err.status == 404:
                 return None
             if err.status in passthrough:
                 raise
-            raise KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}") from None
+            raise _refused(what, err) from None
 
     async def get(self, kind: str, name: str) -> dict[str, Any] | None:
         async with self._api(kind) as (api, suffix):
             data = await self._call(
-                self._what("GET", kind, name), getattr(api, f"read_{suffix}"), name, self.namespace
+                _what("GET", kind, self.namespace, name), getattr(api, f"read_{suffix}"), name, self.namespace
             )
         return None if data is None else _json(data)
 
@@ -495,7 +485,7 @@ class AsyncKubernetesResourceHook(BaseHook):
         async with self._api("Pod") as (api, _):
             try:
                 data = await self._call(
-                    self._what("read the log of", "Pod", name),
+                    _what("read the log of", "Pod", self.namespace, name),
                     api.read_namespaced_pod_log,
                     name,
                     self.namespace,
@@ -509,7 +499,7 @@ class AsyncKubernetesResourceHook(BaseHook):
     async def delete(self, kind: str, name: str, *, propagation: str = "Foreground") -> bool:
         async with self._api(kind) as (api, suffix):
             data = await self._call(
-                self._what("delete", kind, name),
+                _what("delete", kind, self.namespace, name),
                 getattr(api, f"delete_{suffix}"),
                 name,
                 self.namespace,
@@ -519,6 +509,22 @@ class AsyncKubernetesResourceHook(BaseHook):
             return False
         self.log.info("Deleted %s %s/%s (propagation %s)", kind, self.namespace, name, propagation)
         return True
+
+
+def _what(verb: str, kind: str, namespace: str, name: str) -> str:
+    return f"{verb} {kind} {namespace}/{name}"
+
+
+def _exhausted(what: str, exhausted: RetriesExhausted) -> KubernetesRuntimeError:
+    """The error of a call whose transient failures outlasted the retry policy (both hooks)."""
+    return KubernetesRuntimeError(
+        f"{what} failed after {exhausted.attempts} attempts: {_describe(exhausted.last)}"
+    )
+
+
+def _refused(what: str, err: Any) -> KubernetesRuntimeError:
+    """The error of a call the API refused for good (both hooks)."""
+    return KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}")
 
 
 def _json(data: bytes) -> dict[str, Any]:

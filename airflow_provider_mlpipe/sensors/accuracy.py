@@ -10,7 +10,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
 from airflow_provider_mlpipe.hooks.serving import ServingHook
-from airflow_provider_mlpipe.retries import RetryPolicy
+from airflow_provider_mlpipe.operators._hooks import RetryPolicyMixin
 from airflow_provider_mlpipe.validation import check_fraction
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def _endpoint_url(endpoint: object) -> str:
     return url
 
 
-class AccuracySensor(BaseSensorOperator):
+class AccuracySensor(RetryPolicyMixin, BaseSensorOperator):
     """Wait until `endpoint_url` serves `version`, then measure accuracy on the test set.
 
     While the server loads the model the sensor keeps poking; an endpoint that does not answer at all
@@ -117,9 +117,7 @@ class AccuracySensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue | bool:
         url = _endpoint_url(self.endpoint_url)
         version = int(self.version) if self.version not in (None, "") else None  # type: ignore[arg-type]
-        hook = ServingHook(
-            url, self.model_name, retry=RetryPolicy.from_conf(self.transient_retry, "transient_retry")
-        )
+        hook = ServingHook(url, self.model_name, retry=self.transient_retry_policy)
         available = hook.available_versions()
         if not available or (version is not None and version not in available):
             self.log.info(
