@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,6 @@ from tests.kubernetes_emulator import (
     CONN_ID,
     NAMESPACE,
     EmulatedCluster,
-    configure,
-    emulated_cluster,
     execute_until_deferred,
     first_event,
     make_context,
@@ -51,13 +48,6 @@ class Sleeps(list[float]):
 
     async def asleep(self, seconds: float) -> None:
         self.append(seconds)
-
-
-@pytest.fixture
-def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedCluster]:
-    with emulated_cluster() as cluster:
-        configure(monkeypatch, cluster)
-        yield cluster
 
 
 def policy(
@@ -322,10 +312,17 @@ def train_op(store_uri: str) -> KubeTrainJobOperator:
     )
 
 
+def publish(store_uri: str, tmp_path: Path) -> None:
+    """What the training pod does at its end."""
+    src = tmp_path / "export"
+    src.mkdir()
+    (src / "saved_model.pb").write_bytes(b"pb")
+    open_store(store_uri).publish("fashion_mnist", 1, src, {"metrics": {"test_accuracy": 0.9}})
+
+
 async def test_train_operator_under_transient_faults_creates_exactly_one_job(
-    k8s: EmulatedCluster, tmp_path: Path
+    k8s: EmulatedCluster, store_uri: str
 ) -> None:
-    store_uri = (tmp_path / "models").as_uri()
     k8s.fail_next(1, 503, method="GET", path=r"/jobs/train-", retry_after=0)
     k8s.reset_next(1, method="POST", path=r"/jobs$", handled=True)  # created, answer lost
     k8s.fail_next(1, 429, method="GET", path=r"/jobs/train-")  # on the read that adopts it
@@ -339,9 +336,8 @@ async def test_train_operator_under_transient_faults_creates_exactly_one_job(
 
 
 async def test_job_trigger_survives_transient_faults_while_polling(
-    k8s: EmulatedCluster, tmp_path: Path
+    k8s: EmulatedCluster, store_uri: str, tmp_path: Path
 ) -> None:
-    store_uri = (tmp_path / "models").as_uri()
     context = make_context()
     op = train_op(store_uri)
     deferred = await asyncio.to_thread(execute_until_deferred, op, context)
@@ -356,10 +352,7 @@ async def test_job_trigger_survives_transient_faults_while_polling(
             break
         await asyncio.sleep(0.02)
     assert not waiting.done()
-    src = tmp_path / "export"
-    src.mkdir()
-    (src / "saved_model.pb").write_bytes(b"pb")
-    open_store(store_uri).publish("fashion_mnist", 1, src, {"metrics": {"test_accuracy": 0.9}})
+    publish(store_uri, tmp_path)
     k8s.finish_job(name, succeeded=True)
     event = await waiting
     assert event["status"] == "success"
@@ -368,34 +361,23 @@ async def test_job_trigger_survives_transient_faults_while_polling(
 
 
 async def test_train_operator_forbidden_fails_at_once_naming_the_job(
-    k8s: EmulatedCluster, tmp_path: Path
+    k8s: EmulatedCluster, store_uri: str
 ) -> None:
     k8s.fail_next(5, 403, method="POST", path=r"/jobs$", message="jobs.batch is forbidden: no create verb")
     with pytest.raises(KubernetesRuntimeError) as info:
-        await asyncio.to_thread(
-            execute_until_deferred, train_op((tmp_path / "models").as_uri()), make_context()
-        )
+        await asyncio.to_thread(execute_until_deferred, train_op(store_uri), make_context())
     message = str(info.value)
     assert f"create Job {NAMESPACE}/train-fashion-mnist-v1-" in message
     assert "HTTP 403 Forbidden: jobs.batch is forbidden: no create verb" in message
     assert requests_to(k8s, "POST", JOBS) == 1 and k8s.names("jobs") == []
 
 
-def publish(store_uri: str, tmp_path: Path) -> None:
-    """What the training pod does at its end."""
-    src = tmp_path / "export"
-    src.mkdir()
-    (src / "saved_model.pb").write_bytes(b"pb")
-    open_store(store_uri).publish("fashion_mnist", 1, src, {"metrics": {"test_accuracy": 0.9}})
-
-
 @pytest.mark.parametrize("status", [403, 503])
 async def test_job_trigger_reports_the_failure_when_its_pods_cannot_be_read(
-    k8s: EmulatedCluster, tmp_path: Path, status: int
+    k8s: EmulatedCluster, store_uri: str, status: int
 ) -> None:
     """The Job failed; listing its pods fails (forbidden, or unavailable after every retry): the event
     still carries the Job's reason, with no pod details and no log tail, instead of crashing the trigger."""
-    store_uri = (tmp_path / "models").as_uri()
     context = make_context()
     op = train_op(store_uri)
     deferred = await asyncio.to_thread(execute_until_deferred, op, context)
@@ -414,9 +396,8 @@ async def test_job_trigger_reports_the_failure_when_its_pods_cannot_be_read(
 
 
 async def test_job_trigger_reports_the_failure_when_the_log_tail_cannot_be_read(
-    k8s: EmulatedCluster, tmp_path: Path
+    k8s: EmulatedCluster, store_uri: str
 ) -> None:
-    store_uri = (tmp_path / "models").as_uri()
     deferred = await asyncio.to_thread(execute_until_deferred, train_op(store_uri), make_context())
     name = deferred.trigger.job_name
     k8s.add_job_pod(name, f"{name}-a", phase="Failed", terminated={"exitCode": 2, "reason": "Error"})
@@ -429,11 +410,10 @@ async def test_job_trigger_reports_the_failure_when_the_log_tail_cannot_be_read(
 
 
 async def test_job_trigger_keeps_polling_while_the_log_is_forbidden(
-    k8s: EmulatedCluster, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    k8s: EmulatedCluster, store_uri: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """A Role without pods/log (403 on every log read): the wait goes on, the Job's status decides, and
     the trigger says so once rather than on every poll."""
-    store_uri = (tmp_path / "models").as_uri()
     context = make_context()
     op = train_op(store_uri)
     deferred = await asyncio.to_thread(execute_until_deferred, op, context)
@@ -459,13 +439,11 @@ async def test_job_trigger_keeps_polling_while_the_log_is_forbidden(
 
 
 async def test_job_trigger_on_kill_gives_up_within_airflows_on_kill_timeout(
-    k8s: EmulatedCluster, tmp_path: Path
+    k8s: EmulatedCluster, store_uri: str
 ) -> None:
     """The delete on a user's kill runs under a short policy (3 attempts, waits of at most 1 s, 5 s per
     request), not the run's: Airflow cancels on_kill after `[triggerer] on_kill_timeout` (30 s)."""
-    deferred = await asyncio.to_thread(
-        execute_until_deferred, train_op((tmp_path / "models").as_uri()), make_context()
-    )
+    deferred = await asyncio.to_thread(execute_until_deferred, train_op(store_uri), make_context())
     name = deferred.trigger.job_name
     k8s.fail_next(1000, 503, method="DELETE", path=rf"/jobs/{name}$")
     started = time.monotonic()

@@ -28,13 +28,13 @@ STORE = "oss://mlpipe-models/team-b/models"
 CONN_ID = "oss_team_b"
 
 
-def _connection(endpoint: str, secret: str) -> str:
+def _connection(oss: Any, secret: str) -> str:
     extra = {
         "auth_type": "AK",
-        "access_key_id": "emulator-key-id",
+        "access_key_id": oss.access_key_id,
         "access_key_secret": secret,
         "region": "cn-hangzhou",
-        "endpoint": endpoint,
+        "endpoint": oss.endpoint,
     }
     return json.dumps({"conn_type": "oss", "extra": extra})
 
@@ -45,15 +45,13 @@ def published(oss: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Mode
     (a hook that ignored oss_conn_id would be refused), and no OSS_* variables to fall back on."""
     for key in ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_REGION", "OSS_ENDPOINT"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", _connection(oss.endpoint, "emulator-key-secret"))
-    monkeypatch.setenv("AIRFLOW_CONN_OSS_DEFAULT", _connection(oss.endpoint, "a-wrong-secret"))
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", _connection(oss, oss.access_key_secret))
+    monkeypatch.setenv("AIRFLOW_CONN_OSS_DEFAULT", _connection(oss, "a-wrong-secret"))
     src = tmp_path / "export"
     src.mkdir()
     (src / "saved_model.pb").write_bytes(b"graph")
-    store = open_store(
-        STORE,
-        credentials=OssCredentials("emulator-key-id", "emulator-key-secret", "cn-hangzhou", oss.endpoint),
-    )
+    credentials = OssCredentials(oss.access_key_id, oss.access_key_secret, "cn-hangzhou", oss.endpoint)
+    store = open_store(STORE, credentials=credentials)
     store.publish(MODEL, 1, src, {"run_id": "run-1"})
     return store
 

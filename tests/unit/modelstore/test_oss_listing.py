@@ -7,12 +7,12 @@ from typing import Any
 
 import oss2
 
-# The credentials and bucket the `oss` fixture (conftest.py) gives the emulator.
-KEY_ID, SECRET, BUCKET = "emulator-key-id", "emulator-key-secret", "mlpipe-models"
+# A bucket the `oss` fixture (conftest.py) gives the emulator.
+BUCKET = "mlpipe-models"
 
 
 def test_listing_reports_each_objects_own_size_and_etag(oss: Any) -> None:
-    bucket = oss2.Bucket(oss2.Auth(KEY_ID, SECRET), oss.endpoint, BUCKET)
+    bucket = oss2.Bucket(oss2.Auth(oss.access_key_id, oss.access_key_secret), oss.endpoint, BUCKET)
     bucket.put_object("listing/a.bin", b"a" * 3)
     bucket.put_object("listing/b.bin", b"b" * 1024)
     heads = {key: bucket.head_object(key) for key in ("listing/a.bin", "listing/b.bin")}

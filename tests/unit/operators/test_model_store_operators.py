@@ -62,6 +62,35 @@ def context() -> Any:
     return {"dag": SimpleNamespace(dag_id=DAG_ID), "run_id": RUN_ID}
 
 
+def seeded(root: Path) -> ModelStore:
+    """The store with v1 in production (run "seed", approved by carol)."""
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    return store
+
+
+def rival_promotes_v3(root: Path) -> Callable[[], object]:
+    """A RivalBackend rival: run 'dag/rival' promotes v3, approved by dave."""
+
+    def rival() -> object:
+        return open_store(root.as_uri()).promote(MODEL, 3, run_id="dag/rival", approved_by="dave", extra=None)
+
+    return rival
+
+
+def rival_sets_staging_v3(root: Path, run_id: str) -> Callable[[], object]:
+    """A RivalBackend rival: run `run_id` moves staging to v3 (a compare-and-swap on its generation)."""
+
+    def rival() -> object:
+        other = open_store(root.as_uri())
+        current = other.get_alias(MODEL, "staging")
+        return other.set_alias(
+            MODEL, "staging", 3, expected_generation=current["generation"] if current else None, run_id=run_id
+        )
+
+    return rival
+
+
 def with_store(operator: Any, store: ModelStore) -> Any:
     # The operator's own hook, opened on a store whose backend lets a rival write first.
     operator.store_hook.__dict__["store"] = store
@@ -87,13 +116,10 @@ def test_promote_records_production_with_approver_and_evidence(root: Path) -> No
 
 
 def test_a_lost_promotion_race_fails_without_retry_naming_the_winner(root: Path) -> None:
-    store = open_store(root.as_uri())
-    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
-
-    def rival() -> object:
-        return open_store(root.as_uri()).promote(MODEL, 3, run_id="dag/rival", approved_by="dave", extra=None)
-
-    operator = with_store(promote_operator(root), ModelStore(RivalBackend(root, "production", rival)))
+    store = seeded(root)
+    operator = with_store(
+        promote_operator(root), ModelStore(RivalBackend(root, "production", rival_promotes_v3(root)))
+    )
     with pytest.raises(AirflowFailException) as info:
         operator.execute(context())
     message = str(info.value)
@@ -108,8 +134,7 @@ def test_a_lost_promotion_race_fails_without_retry_naming_the_winner(root: Path)
 
 
 def test_a_lost_race_for_previous_keeps_the_won_production(root: Path) -> None:
-    store = open_store(root.as_uri())
-    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    store = seeded(root)
 
     def rival() -> object:
         return open_store(root.as_uri()).set_alias(
@@ -144,17 +169,7 @@ def test_alias_operator_records_staging_once_per_run(root: Path) -> None:
 
 
 def test_alias_operator_sets_again_after_another_run_moved_the_alias(root: Path) -> None:
-    def rival() -> object:
-        other = open_store(root.as_uri())
-        current = other.get_alias(MODEL, "staging")
-        return other.set_alias(
-            MODEL,
-            "staging",
-            3,
-            expected_generation=current["generation"] if current else None,
-            run_id="dag/other",
-        )
-
+    rival = rival_sets_staging_v3(root, "dag/other")
     operator = with_store(alias_operator(root), ModelStore(RivalBackend(root, "staging", rival)))
     record = operator.execute(context())
     assert (record["version"], record["generation"], record["run_id"]) == (2, 2, RUN)
@@ -163,14 +178,7 @@ def test_alias_operator_sets_again_after_another_run_moved_the_alias(root: Path)
 
 
 def test_alias_operator_gives_up_after_conflict_attempts(root: Path) -> None:
-    def rival() -> object:
-        other = open_store(root.as_uri())
-        current = other.get_alias(MODEL, "staging")
-        return other.set_alias(
-            MODEL, "staging", 3, expected_generation=current["generation"] if current else None, run_id="x"
-        )
-
-    backend = RivalBackend(root, "staging", rival, times=2)
+    backend = RivalBackend(root, "staging", rival_sets_staging_v3(root, "x"), times=2)
     operator = with_store(alias_operator(root, conflict_attempts=2), ModelStore(backend))
     with pytest.raises(AliasConflictError, match="alias staging of fashion_mnist"):
         operator.execute(context())
@@ -308,8 +316,7 @@ def test_the_gate_records_the_production_alias_it_compared_against(root: Path) -
 
 
 def test_promotion_after_production_moved_since_the_gate_fails_without_retry(root: Path) -> None:
-    store = open_store(root.as_uri())
-    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    store = seeded(root)
     decision = gate_decision(root)
     # Another run, parked at approval beside this one, is approved and promoted first.
     store.promote(MODEL, 3, run_id="dag/other", approved_by="dave", extra=None)
@@ -327,8 +334,7 @@ def test_promotion_after_production_moved_since_the_gate_fails_without_retry(roo
 
 
 def test_promotion_over_the_production_the_gate_saw_succeeds(root: Path) -> None:
-    store = open_store(root.as_uri())
-    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    store = seeded(root)
     record = checked_promote(root, gate_decision(root)).execute(context())
     assert (record["version"], record["generation"], record["run_id"], record["approved_by"]) == (
         2,
@@ -344,12 +350,9 @@ def test_promotion_over_the_production_the_gate_saw_succeeds(root: Path) -> None
 def test_first_promotion_loses_to_a_rival_when_the_gate_saw_no_production(root: Path) -> None:
     decision = gate_decision(root)
 
-    def rival() -> object:
-        return open_store(root.as_uri()).promote(MODEL, 3, run_id="dag/rival", approved_by="dave", extra=None)
-
     # The rival writes the first production record right before ours.
     operator = with_store(
-        checked_promote(root, decision), ModelStore(RivalBackend(root, "production", rival))
+        checked_promote(root, decision), ModelStore(RivalBackend(root, "production", rival_promotes_v3(root)))
     )
     with pytest.raises(AirflowFailException) as info:
         operator.execute(context())
@@ -361,8 +364,7 @@ def test_first_promotion_loses_to_a_rival_when_the_gate_saw_no_production(root: 
 
 
 def test_a_retry_after_its_own_checked_promotion_returns_it_and_writes_nothing(root: Path) -> None:
-    store = open_store(root.as_uri())
-    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    store = seeded(root)
     decision = gate_decision(root)
     first = checked_promote(root, decision).execute(context())
     histories = {alias: store.alias_history(MODEL, alias) for alias in ("production", "previous")}
@@ -373,8 +375,7 @@ def test_a_retry_after_its_own_checked_promotion_returns_it_and_writes_nothing(r
 
 
 def test_a_decision_without_the_generation_it_saw_is_refused(root: Path) -> None:
-    store = open_store(root.as_uri())
-    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=None)
+    store = seeded(root)
     legacy = {"passed": True, "production_version": 1, "production_accuracy": None}
     with pytest.raises(ConfigError) as info:
         checked_promote(root, legacy).execute(context())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,6 @@ from tests.kubernetes_emulator import (
     CONN_ID,
     NAMESPACE,
     EmulatedCluster,
-    check_sent,
-    configure,
-    emulated_cluster,
     execute_until_deferred,
     first_event,
     make_context,
@@ -33,15 +29,6 @@ from tests.kubernetes_emulator import (
 )
 
 PROD = "serve-fashion-mnist-production"
-
-
-@pytest.fixture
-def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedCluster]:
-    with emulated_cluster() as cluster:
-        configure(monkeypatch, cluster)
-        yield cluster
-        # What a real apiserver would have refused, this emulator accepted: check it now.
-        check_sent(cluster)
 
 
 @pytest.fixture

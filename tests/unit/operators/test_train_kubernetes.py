@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +39,12 @@ SECRET_KEY = "emulated-secret-access-key-must-never-leak"
 
 
 @pytest.fixture
-def k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedCluster]:
-    with emulated_cluster() as cluster:
-        configure(monkeypatch, cluster)
-        # Credentials the Airflow worker itself may hold: none may reach a manifest, an XCom or a log.
-        monkeypatch.setenv("OSS_ACCESS_KEY_ID", SECRET_ID)
-        monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", SECRET_KEY)
-        yield cluster
-        # What a real apiserver would have refused, this emulator accepted: check it now.
-        check_sent(cluster)
-
-
-@pytest.fixture
-def store_uri(tmp_path: Path) -> str:
-    return (tmp_path / "models").as_uri()
+def k8s(k8s: EmulatedCluster, monkeypatch: pytest.MonkeyPatch) -> EmulatedCluster:
+    """The operators' checked cluster (conftest.py), and the worker's own OSS credentials."""
+    # Credentials the Airflow worker itself may hold: none may reach a manifest, an XCom or a log.
+    monkeypatch.setenv("OSS_ACCESS_KEY_ID", SECRET_ID)
+    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", SECRET_KEY)
+    return k8s
 
 
 def operator(store_uri: str, **kwargs: Any) -> KubeTrainJobOperator:
