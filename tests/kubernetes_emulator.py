@@ -599,13 +599,21 @@ def emulated_cluster() -> Iterator[EmulatedCluster]:
 FETCH_IMAGE = "registry.example.com/mlpipe/fetch@sha256:" + "c" * 64
 
 
+def mlpipe_settings() -> dict[str, str]:
+    """The `[mlpipe]` settings that point the Kubernetes runtime at the emulator."""
+    return {
+        "kubernetes_conn_id": CONN_ID,
+        "kubernetes_namespace": NAMESPACE,
+        "kubernetes_fetch_image": FETCH_IMAGE,
+        "kubernetes_oss_secret": "mlpipe-oss",
+    }
+
+
 def configure(monkeypatch: Any, cluster: EmulatedCluster) -> None:
     """Point Airflow's `kubernetes` connection and the `[mlpipe]` settings at the emulator."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", cluster.connection_json())
-    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_CONN_ID", CONN_ID)
-    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_NAMESPACE", NAMESPACE)
-    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_FETCH_IMAGE", FETCH_IMAGE)
-    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_OSS_SECRET", "mlpipe-oss")
+    for key, value in mlpipe_settings().items():
+        monkeypatch.setenv(f"AIRFLOW__MLPIPE__{key.upper()}", value)
 
 
 # --- running operators and triggers without a scheduler -----------------------------------------------

@@ -40,7 +40,7 @@ import requests
 
 from airflow_provider_mlpipe.demo.stack import COMPONENTS, AirflowClient, AirflowStack, StackConfig, free_port
 from airflow_provider_mlpipe.modelstore import open_store
-from tests.kubernetes_emulator import CONN_ID, FETCH_IMAGE, NAMESPACE, EmulatedCluster, emulated_cluster
+from tests.kubernetes_emulator import CONN_ID, NAMESPACE, EmulatedCluster, emulated_cluster, mlpipe_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -254,7 +254,7 @@ class PodActor(threading.Thread):
         (init,) = pod["initContainers"]
         subprocess.run(self._argv(init, mapped), env=self._env(init, mapped), check=True, timeout=120)
         (server,) = pod["containers"]
-        port = _free_port()
+        port = free_port()
         args = [a for a in server["args"] if not a.startswith(("--port=", "--rest_api_port="))]
         args = self._argv({"command": ["x"], "args": args}, mapped)[1:]
         proc = subprocess.Popen(
@@ -295,14 +295,6 @@ class PodActor(threading.Thread):
             old[1].wait(10)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatedCluster, PodActor, Router]]:
     with emulated_cluster() as k8s:
@@ -340,14 +332,7 @@ def stack(
             port=free_port(),
             production_port=free_port(),
             dataset_dir=str(fashion_mnist_dir),
-            extra_config={
-                "mlpipe": {
-                    "kubernetes_conn_id": CONN_ID,
-                    "kubernetes_namespace": NAMESPACE,
-                    "kubernetes_fetch_image": FETCH_IMAGE,
-                    "kubernetes_oss_secret": "mlpipe-oss",
-                }
-            },
+            extra_config={"mlpipe": mlpipe_settings()},
             component_env={component: env for component in COMPONENTS},
         )
     )
