@@ -19,7 +19,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "MLPipe",
         "description": "Train on Kubernetes or locally, gate on accuracy and human approval, deploy TF-Serving.",
         "versions": [__version__],
-        "hook-class-names": [],
+        # No connection types of our own: the model store reuses the Alibaba provider's `oss` type.
         "connection-types": [],
         "operators": [
             {
@@ -28,6 +28,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_mlpipe.operators.train",
                     "airflow_provider_mlpipe.operators.serving",
                     "airflow_provider_mlpipe.operators.model_store",
+                    "airflow_provider_mlpipe.operators.gates",
                 ],
             }
         ],
@@ -48,6 +49,17 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_mlpipe.triggers.serving",
                     "airflow_provider_mlpipe.triggers.kubernetes_job",
                     "airflow_provider_mlpipe.triggers.kubernetes_serving",
+                ],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "MLPipe",
+                "python-modules": [
+                    "airflow_provider_mlpipe.hooks.kubernetes",
+                    "airflow_provider_mlpipe.hooks.local_process",
+                    "airflow_provider_mlpipe.hooks.model_store",
+                    "airflow_provider_mlpipe.hooks.serving",
                 ],
             }
         ],

@@ -39,6 +39,7 @@ from urllib.request import url2pathname
 
 import numpy as np
 
+from airflow_provider_mlpipe.holds import hold
 from airflow_provider_mlpipe.modelstore import published_versions_in_dir
 
 logger = logging.getLogger("airflow_provider_mlpipe.serving")
@@ -671,6 +672,8 @@ class RestApi:
         return sig or DEFAULT_SIGNATURE
 
     def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        # Fault tests hold a request in flight here until they have killed the server.
+        hold("predict", logger)
         doc = self._parse_body(body)
         sig_name = self._signature_name(doc)
         servable = self.manager.servable(name, version, label)

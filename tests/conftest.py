@@ -23,3 +23,7 @@ def fashion_mnist_dir() -> Path:
     if not (location / "t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip(f"the Fashion-MNIST files are not at {location} (set MLPIPE_DATASET_DIR)")
     return location
+
+
+# No orphans: see tests/process_guard.py. Its hooks are registered here, for every test session.
+from tests.process_guard import pytest_configure, pytest_sessionfinish  # noqa: E402, F401

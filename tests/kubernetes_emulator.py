@@ -48,6 +48,7 @@ from typing import Any
 
 import aiohttp.web
 import kmock
+import requests
 
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -107,6 +108,14 @@ class Fault:
 
     def label(self) -> str:
         return str(self.status) if self.kind == "status" else self.kind
+
+
+class Gone(LookupError):
+    """The object was deleted since the caller listed or read it: the 404 a controller gets and skips."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind}/{name} is gone (deleted since it was listed)")
+        self.kind, self.name = kind, name
 
 
 class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
@@ -490,11 +499,17 @@ class EmulatedCluster:
         return result
 
     def patch(self, kind: str, name: str, changes: dict[str, Any], namespace: str = NAMESPACE) -> None:
-        """What a controller does: merge `changes` (typically into status) and bump resourceVersion."""
+        """What a controller does: merge `changes` (typically into status) and bump resourceVersion.
+        Raises `Gone` if the object was deleted meanwhile (a controller's write gets 404 then)."""
 
         async def _patch() -> None:
             async with self.api._lock:
-                obj = self.api.objects[RESOURCES[kind], namespace, name]
+                try:
+                    obj = self.api.objects[RESOURCES[kind], namespace, name]
+                except KeyError:
+                    raise Gone(kind, name) from None
+                if obj.deleted:
+                    raise Gone(kind, name)
                 obj.patch(changes)
                 obj.patch({"metadata": {"resourceVersion": str(next(self.api._rv))}})
 
@@ -511,6 +526,15 @@ class EmulatedCluster:
                 self.api.objects[RESOURCES[kind], namespace, meta["name"]] = obj
 
         self._run(_add())
+
+    def delete(self, kind: str, name: str, namespace: str = NAMESPACE) -> None:
+        """Delete through the HTTP API, as a client does."""
+        group = RESOURCES[kind].rsplit("/", 1)[0]
+        prefix = "api" if group == "v1" else "apis"
+        resp = requests.delete(
+            f"{self.url}/{prefix}/{group}/namespaces/{namespace}/{kind}/{name}", timeout=10
+        )
+        assert resp.ok, (resp.status_code, resp.text)
 
     def set_log(
         self, pod: str, lines: list[str], namespace: str = NAMESPACE, at: datetime.datetime | None = None
@@ -559,7 +583,8 @@ class EmulatedCluster:
     def roll_out(self, name: str, *, available: bool = True, deadline_exceeded: bool = False) -> None:
         """The Deployment controller: observe the current generation and report its replicas."""
         dep = self.get("deployments", name)
-        assert dep is not None, name
+        if dep is None:
+            raise Gone("deployments", name)
         replicas = int(dep["spec"].get("replicas", 1))
         generation = int(dep["metadata"].get("generation", 1))
         progressing = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}

@@ -45,6 +45,7 @@ from airflow_provider_mlpipe.datasets import (
     load_fashion_mnist,
 )
 from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
+from airflow_provider_mlpipe.holds import hold
 from airflow_provider_mlpipe.modelstore import METRICS, open_store
 
 if TYPE_CHECKING:
@@ -337,6 +338,8 @@ def _epoch_logger(tf: Any, epochs: int) -> Any:
         """One flushed line per epoch: long runs show progress in the Airflow task log while they run."""
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            # Fault tests hold training here, mid-run, until they have injected their fault.
+            hold("training_epoch", log)
             self._started = time.monotonic()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:

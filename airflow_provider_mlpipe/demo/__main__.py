@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 _say(
                     "Approving as the demo user 'admin' through PATCH .../approval/-1/hitlDetails (REST API)"
                 )
-                resp = client.respond(DAG_ID, run_id, "approval", "Approve")
+                resp = stack.respond(client, DAG_ID, run_id, "approval", "Approve")
                 if not resp.ok:
                     _say(f"Approval failed: HTTP {resp.status_code} {resp.text[:300]}")
                     return 1

@@ -65,6 +65,8 @@ class StackConfig:
     extra_config: dict[str, dict[str, str]] = field(default_factory=dict)
     # component -> extra environment, e.g. {"scheduler": {"AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"}}.
     component_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Extra environment of every component (and so of the tasks and local runtime processes they start).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class AirflowStack:
@@ -74,6 +76,7 @@ class AirflowStack:
         self.config = config
         self.home = config.home.resolve()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.components: list[str] = []
 
     @property
     def celery_queue(self) -> str:
@@ -142,6 +145,7 @@ class AirflowStack:
         env["PYTHONUNBUFFERED"] = "1"
         if self.config.dataset_dir:
             env["MLPIPE_DATASET_DIR"] = self.config.dataset_dir
+        env.update(self.config.env)
         return env
 
     def airflow(
@@ -161,11 +165,26 @@ class AirflowStack:
         self.write_config()
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
-        for component in components:
+        self.components = [
+            *components,
+            *(f"celery-worker-{index}" for index in range(1, self.config.celery_workers + 1)),
+        ]
+        for component in self.components:
             self.start_component(component)
-        for index in range(1, self.config.celery_workers + 1):
-            self.start_component(f"celery-worker-{index}")
         self.wait_healthy(timeout)
+
+    def restore(self, timeout: float = 240) -> list[str]:
+        """Start again every component of `start` that is not running (killed by a test, or crashed),
+        and wait until Airflow is healthy. Returns the components started."""
+        restarted = []
+        for component in self.components:
+            proc = self.procs.get(component)
+            if proc is None or proc.poll() is not None:
+                self.procs.pop(component, None)
+                self.start_component(component)
+                restarted.append(component)
+        self.wait_healthy(timeout)
+        return restarted
 
     @contextlib.contextmanager
     def running(self, dag_id: str, components: Iterable[str] = COMPONENTS) -> Iterator[AirflowStack]:
@@ -241,9 +260,33 @@ class AirflowStack:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
+        self.kill_strays()
+
+    def kill_strays(self) -> list[int]:
+        """SIGKILL every process left with this stack's AIRFLOW_HOME in its environment.
+
+        A component's process group is not all it started: Airflow's task processes and the local
+        runtime's supervisors run in sessions of their own, and a component killed with SIGKILL leaves
+        its children behind. The environment they all inherit is what they have in common.
+        """
+        marker = f"AIRFLOW_HOME={self.home}".encode()
+        killed = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(int(entry.name))
+        return killed
 
     def stop_local_runtime(self) -> list[str]:
         """Stop every process the local runtime started under this home (serving endpoints, training)."""
@@ -260,6 +303,36 @@ class AirflowStack:
 
     def client(self, user: str = "admin") -> AirflowClient:
         return AirflowClient(self.url, user, self.config.users[user][1])
+
+    def wait_parked(self, dag_id: str, run_id: str, task_id: str, timeout: float = 300) -> None:
+        """Wait until a scheduler has handled the executor event of `task_id`'s process exiting after it
+        parked (deferred, or awaiting input).
+
+        Airflow 3.3.2 fails a resumed task if that event is handled after the resume (apache/airflow
+        #72716): a script that answers a human-in-the-loop task must wait for this event, not for a
+        stretch of time, which a busy machine can outlast.
+        """
+        line = (
+            "Received executor event with state success for task instance TaskInstanceKey("
+            f"dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}'"
+        )
+        logs = self.home / "logs"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for log in logs.glob("scheduler*.log"):
+                if line in log.read_text(errors="replace"):
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"no scheduler handled the exit of parked {dag_id}/{run_id}/{task_id} in {timeout} s"
+        )
+
+    def respond(
+        self, client: AirflowClient, dag_id: str, run_id: str, task_id: str, option: str
+    ) -> requests.Response:
+        """Answer a human-in-the-loop task as `client`'s user once it is safely parked (`wait_parked`)."""
+        self.wait_parked(dag_id, run_id, task_id)
+        return client.respond(dag_id, run_id, task_id, option, settle=0)
 
 
 class AirflowClient:
@@ -328,7 +401,8 @@ class AirflowClient:
         Airflow 3.3.2 races a response that arrives within about a second of the task parking: the
         scheduler then handles the parked attempt's late executor event after the resume and fails the
         task ("finished with state success, but the task instance's state attribute is queued"). A
-        person never answers that fast; a script must, so it lets the task settle first.
+        person never answers that fast; a script must, so it lets the task settle first, or, where it
+        can read the stack's logs, waits for that event (`AirflowStack.respond`).
         """
         time.sleep(settle)
         return self.request(
@@ -343,13 +417,13 @@ class AirflowClient:
         run_id: str,
         *,
         timeout: float,
-        until_task: tuple[str, str] | None = None,
+        until_task: tuple[str, str | tuple[str, ...]] | None = None,
         on_change: Any = None,
         on_poll: Any = None,
         interval: float = 1.0,
     ) -> dict[str, str | None]:
-        """Poll every `interval` s until the run ends (or `until_task` = (task_id, state) is reached);
-        report changes."""
+        """Poll every `interval` s until the run ends (or `until_task` = (task_id, state or states) is
+        reached); report changes."""
         deadline = time.monotonic() + timeout
         seen: dict[str, str | None] = {}
         while time.monotonic() < deadline:
@@ -361,8 +435,10 @@ class AirflowClient:
             seen = states
             if on_poll:
                 on_poll(states)
-            if until_task and states.get(until_task[0]) == until_task[1]:
-                return states
+            if until_task:
+                task_id, wanted = until_task
+                if states.get(task_id) in ((wanted,) if isinstance(wanted, str) else wanted):
+                    return states
             if self.run_state(dag_id, run_id) in ("success", "failed"):
                 return self.task_states(dag_id, run_id)
             time.sleep(interval)

@@ -301,8 +301,13 @@ def test_a_thousand_malformed_bodies_never_5xx_and_create_no_run(hook_url: str, 
 
 
 # ------------------------------------------------------------------------------------ no event lost
+def scheduler_heartbeat(stack: AirflowStack) -> str:
+    health = requests.get(f"{stack.url}/api/v2/monitor/health", timeout=10).json()
+    return str(health["scheduler"]["latest_scheduler_heartbeat"])
+
+
 def test_event_for_a_paused_dag_runs_once_it_is_unpaused(
-    deliver: Callable[..., requests.Response], admin: AirflowClient
+    stack: AirflowStack, deliver: Callable[..., requests.Response], admin: AirflowClient
 ) -> None:
     admin.call("PATCH", f"/dags/{TEST_DAG}", json={"is_paused": True})
     try:
@@ -310,7 +315,15 @@ def test_event_for_a_paused_dag_runs_once_it_is_unpaused(
         assert resp.status_code == 201, resp.text
         assert "paused" in resp.json()["reason"]
         run_id = resp.json()["run_id"]
-        time.sleep(6)  # several scheduler loops: a paused DAG's run must not start
+        # A paused DAG's run must not start: wait for events, two scheduler heartbeats after the delivery
+        # (the scheduler is alive and looping), rather than for a stretch of time.
+        heartbeats = {scheduler_heartbeat(stack)}
+
+        def two_more_heartbeats() -> bool:
+            heartbeats.add(scheduler_heartbeat(stack))
+            return len(heartbeats) >= 3
+
+        wait_until(two_more_heartbeats, 120, "two scheduler heartbeats")
         assert admin.run_state(TEST_DAG, run_id) == "queued"
     finally:
         admin.unpause(TEST_DAG)

@@ -3,7 +3,9 @@ Celery workers on Redis, TWO schedulers running at once, a triggerer, a dag-proc
 all separate processes started here. The local runtime runs real TensorFlow training and a real serving
 server; faults are real signals (kill -9) sent to real processes. Nothing is emulated.
 
-Each test injects one fault into one run and asserts the outcome the README's fault matrix promises.
+Each test injects one fault into one run and asserts the outcome the README's fault matrix promises. The
+fault lands while the step is held in the state the test needs (a hold point, see holds.py), never by
+racing the step with a clock; whatever a test kills is started again before the next test.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_provider_mlpipe.demo.stack import AirflowClient, AirflowStack, StackConfig, free_port
+from airflow_provider_mlpipe.holds import HELD, env_name
 from airflow_provider_mlpipe.hooks.local_process import RUNNING, LocalProcessHook
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -37,9 +40,42 @@ CONF: dict[str, Any] = {
 }
 
 
+class Holds:
+    """The stack's hold points (airflow_provider_mlpipe/holds.py): a file per point, which the trainer and
+    the serving servers of this stack wait on while it exists."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, point: str) -> Path:
+        return self.root / point
+
+    def env(self) -> dict[str, str]:
+        return {env_name(point): str(self.path(point)) for point in ("training_epoch", "predict")}
+
+    def hold(self, point: str) -> None:
+        self.path(point).touch()
+
+    def release(self, point: str) -> None:
+        self.path(point).unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        for path in self.root.iterdir():
+            path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def holds(tmp_path_factory: pytest.TempPathFactory) -> Holds:
+    return Holds(tmp_path_factory.mktemp("holds"))
+
+
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path, postgres_database: Callable[[], str]
+    tmp_path_factory: pytest.TempPathFactory,
+    fashion_mnist_dir: Path,
+    postgres_database: Callable[[], str],
+    holds: Holds,
 ) -> Iterator[AirflowStack]:
     airflow = AirflowStack(
         StackConfig(
@@ -53,10 +89,22 @@ def stack(
             celery_workers=2,
             # A task whose worker died is noticed after this many seconds (default 300).
             extra_config={"scheduler": {"task_instance_heartbeat_timeout": "20"}},
+            env=holds.env(),
         )
     )
     with airflow.running(DAG_ID, ("api-server", "scheduler", "scheduler-2", "dag-processor", "triggerer")):
         yield airflow
+
+
+@pytest.fixture(autouse=True)
+def restored(stack: AirflowStack, holds: Holds) -> Iterator[None]:
+    """Whatever a test broke is mended before the next one starts: its holds released, every component it
+    killed running and Airflow healthy again."""
+    try:
+        yield
+    finally:
+        holds.release_all()
+        stack.restore()
 
 
 @pytest.fixture(scope="module")
@@ -73,27 +121,37 @@ def _train_dirs(stack: AirflowStack, version: int) -> list[Path]:
     return sorted(_hook(stack).state_dir.glob(f"train-fashion-mnist-v{version}*"))
 
 
-def _wait_training_started(stack: AirflowStack, admin: AirflowClient, run_id: str) -> Path:
-    """Wait until the trainer of `run_id` is mid-training (its first epoch line is out)."""
-    deadline = time.monotonic() + 300
+def _wait_for_line(what: str, paths: Callable[[], Iterable[Path]], text: str, timeout: float = 300) -> Path:
+    """Wait until one of `paths()` has a line containing `text` (an event the step logs); the timeout only
+    bounds a failure."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        for path in paths():
+            if path.exists() and text in path.read_text(errors="replace"):
+                return path
+        time.sleep(0.2)
+    raise TimeoutError(f"{what}: no {text!r} within {timeout:.0f} s")
+
+
+def _held_training(stack: AirflowStack, admin: AirflowClient, run_id: str) -> Path:
+    """The training process directory of `run_id`, once its trainer is held at an epoch's start."""
+
+    def logs() -> Iterator[Path]:
         for pdir in _hook(stack).state_dir.glob("train-fashion-mnist-v*"):
             spec = json.loads((pdir / "spec.json").read_text()) if (pdir / "spec.json").exists() else {}
-            log = pdir / "output.log"
-            if (
-                spec.get("metadata", {}).get("run") == f"{DAG_ID}/{run_id}"
-                and log.exists()
-                and "epoch 1/" in log.read_text()
-            ):
-                return pdir
-        time.sleep(0.5)
-    raise TimeoutError(f"training of {run_id} did not start; tasks: {admin.task_states(DAG_ID, run_id)}")
+            if spec.get("metadata", {}).get("run") == f"{DAG_ID}/{run_id}":
+                yield pdir / "output.log"
+
+    try:
+        return _wait_for_line(f"training of {run_id}", logs, f"{HELD} training_epoch").parent
+    except TimeoutError as err:
+        raise TimeoutError(f"{err}; tasks: {admin.task_states(DAG_ID, run_id)}") from None
 
 
-def _approve_and_finish(admin: AirflowClient, run_id: str) -> dict[str, str | None]:
+def _approve_and_finish(stack: AirflowStack, admin: AirflowClient, run_id: str) -> dict[str, str | None]:
     states = admin.wait_for_run(DAG_ID, run_id, timeout=600, until_task=("approval", "awaiting_input"))
     assert states.get("approval") == "awaiting_input", states
-    assert admin.respond(DAG_ID, run_id, "approval", "Approve").status_code == 200
+    assert stack.respond(admin, DAG_ID, run_id, "approval", "Approve").status_code == 200
     return admin.wait_for_run(DAG_ID, run_id, timeout=600)
 
 
@@ -110,75 +168,87 @@ def _try_numbers(admin: AirflowClient, run_id: str) -> dict[str, int]:
     }
 
 
-def test_scheduler_kill_9_during_training_then_restart(stack: AirflowStack, admin: AirflowClient) -> None:
+def test_scheduler_kill_9_during_training_then_restart(
+    stack: AirflowStack, admin: AirflowClient, holds: Holds
+) -> None:
+    holds.hold("training_epoch")
     run_id = admin.trigger(DAG_ID, CONF, run_id="fault-scheduler-kill")
-    pdir = _wait_training_started(stack, admin, run_id)
+    pdir = _held_training(stack, admin, run_id)
     for scheduler in ("scheduler", "scheduler-2"):
         stack.kill_component(scheduler, signal.SIGKILL)
-    time.sleep(5)
-    # No scheduler at all, and the training goes on.
+    # No scheduler at all: the training is still there, and once released it goes on by itself.
     assert _hook(stack).status(pdir.name).state == RUNNING
+    holds.release("training_epoch")
+    _wait_for_line("training without a scheduler", lambda: [pdir / "output.log"], "epoch 1/")
+    assert not {"scheduler", "scheduler-2"} & set(stack.procs)
     for scheduler in ("scheduler", "scheduler-2"):
         stack.start_component(scheduler)
-    states = _approve_and_finish(admin, run_id)
+    states = _approve_and_finish(stack, admin, run_id)
     assert admin.run_state(DAG_ID, run_id) == "success", states
     _assert_trained_once(stack, admin, run_id)
     assert _try_numbers(admin, run_id)["train"] == 1
 
 
 def test_triggerer_kill_9_during_deferred_wait_then_restart(
-    stack: AirflowStack, admin: AirflowClient
+    stack: AirflowStack, admin: AirflowClient, holds: Holds
 ) -> None:
+    holds.hold("training_epoch")
     run_id = admin.trigger(DAG_ID, CONF, run_id="fault-triggerer-kill")
-    pdir = _wait_training_started(stack, admin, run_id)
-    assert admin.task_states(DAG_ID, run_id)["train"] == "deferred"
+    pdir = _held_training(stack, admin, run_id)
+    # Held, the training cannot end: the task reaches its deferred wait and stays there.
+    admin.wait_for_run(DAG_ID, run_id, timeout=300, until_task=("train", "deferred"), interval=0.2)
     stack.kill_component("triggerer", signal.SIGKILL)
-    time.sleep(3)
     assert _hook(stack).status(pdir.name).state == RUNNING
+    holds.release("training_epoch")
+    _wait_for_line("training without a triggerer", lambda: [pdir / "output.log"], "epoch 1/")
     stack.start_component("triggerer")
-    states = _approve_and_finish(admin, run_id)
+    states = _approve_and_finish(stack, admin, run_id)
     assert admin.run_state(DAG_ID, run_id) == "success", states
     _assert_trained_once(stack, admin, run_id)
     assert _try_numbers(admin, run_id)["train"] == 1
 
 
-def test_celery_workers_kill_9_while_train_task_runs(stack: AirflowStack, admin: AirflowClient) -> None:
+def test_celery_workers_kill_9_while_train_task_runs(
+    stack: AirflowStack, admin: AirflowClient, holds: Holds
+) -> None:
     """Both workers die as soon as the train task is seen running: whichever moment that hits (before the
-    trainer starts, before the task defers, or after), the run completes and exactly one training ran."""
+    trainer starts, before the task defers, or after), the run completes and exactly one training ran.
+    The training is held meanwhile, so it cannot finish before the kill."""
+    holds.hold("training_epoch")
     run_id = admin.trigger(DAG_ID, CONF, run_id="fault-worker-kill")
-    deadline = time.monotonic() + 300
-    while admin.task_states(DAG_ID, run_id).get("train") not in ("running", "deferred"):
-        assert time.monotonic() < deadline, admin.task_states(DAG_ID, run_id)
-        time.sleep(0.05)
+    admin.wait_for_run(
+        DAG_ID, run_id, timeout=300, until_task=("train", ("running", "deferred")), interval=0.05
+    )
     for worker in ("celery-worker-1", "celery-worker-2"):
         stack.kill_component(worker, signal.SIGKILL)
-    time.sleep(2)
     for worker in ("celery-worker-1", "celery-worker-2"):
         stack.start_component(worker)
-    states = _approve_and_finish(admin, run_id)
+    holds.release("training_epoch")
+    states = _approve_and_finish(stack, admin, run_id)
     assert admin.run_state(DAG_ID, run_id) == "success", states
     _assert_trained_once(stack, admin, run_id)
 
 
-def test_staging_server_killed_during_evaluation(stack: AirflowStack, admin: AirflowClient) -> None:
-    """The staging server dies: the evaluation retries with backoff (client retries, then task retries)
-    and fails cleanly; staging is torn down and production is untouched."""
+def test_staging_server_killed_during_evaluation(
+    stack: AirflowStack, admin: AirflowClient, holds: Holds
+) -> None:
+    """The staging server dies with an evaluation request in flight: the evaluation retries with backoff
+    (client retries, then task retries) and fails cleanly; staging is torn down and production is
+    untouched."""
     production_before = _production_version(stack)
-    # All 10,000 test images (ten :predict batches), and the kill lands within 0.1 s of deploy_staging's
-    # success: the evaluation task still has to be scheduled, started and load its data, so the server
-    # is gone before its last batch. (A 1 s poll with a 1,000-image sample once let it finish first.)
-    run_id = admin.trigger(DAG_ID, {**CONF, "evaluation_sample": 0}, run_id="fault-staging-kill")
-    admin.wait_for_run(DAG_ID, run_id, timeout=600, until_task=("deploy_staging", "success"), interval=0.1)
-    staging = [p for p in _hook(stack).state_dir.glob("serve-fashion-mnist-staging-*") if p.is_dir()]
-    assert len(staging) == 1
-    child = json.loads((staging[0] / "child.json").read_text())["pid"]
+    holds.hold("predict")
+    run_id = admin.trigger(DAG_ID, CONF, run_id="fault-staging-kill")
+
+    def staging_logs() -> list[Path]:
+        return [p / "output.log" for p in _hook(stack).state_dir.glob("serve-fashion-mnist-staging-*")]
+
+    # The evaluation's first :predict is held inside the staging server: kill the server under it.
+    log = _wait_for_line("the staging evaluation", staging_logs, f"{HELD} predict")
+    child = json.loads((log.parent / "child.json").read_text())["pid"]
     os.kill(child, signal.SIGKILL)
+    holds.release("predict")
 
-    def evaluation_must_not_pass(states: dict[str, str | None]) -> None:
-        # Otherwise the run would park at the approval gate and the wait would only time out.
-        assert states.get("evaluate_staging") != "success", "the kill came after the evaluation finished"
-
-    states = admin.wait_for_run(DAG_ID, run_id, timeout=600, on_poll=evaluation_must_not_pass)
+    states = admin.wait_for_run(DAG_ID, run_id, timeout=600)
     assert admin.run_state(DAG_ID, run_id) == "failed"
     assert states["evaluate_staging"] == "failed"
     assert _try_numbers(admin, run_id)["evaluate_staging"] == 3  # 1 try + 2 retries, then give up
@@ -186,15 +256,15 @@ def test_staging_server_killed_during_evaluation(stack: AirflowStack, admin: Air
     assert states["deploy_production"] == "upstream_failed"
     assert not list(_hook(stack).state_dir.glob("serve-fashion-mnist-staging-*"))
     # record_outcome fails the run (so it pushes no XCom); its log says why.
-    log = "".join(
+    task_log = "".join(
         p.read_text()
         for p in (stack.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=record_outcome/*")
     )
-    assert "failed steps: evaluate_staging (not run because of them: accuracy_gate" in log
+    assert "failed steps: evaluate_staging (not run because of them: accuracy_gate" in task_log
     assert _production_version(stack) == production_before
 
 
-def test_every_task_ran_once_with_two_schedulers(stack: AirflowStack, admin: AirflowClient) -> None:
+def test_every_task_ran_once_with_two_schedulers(admin: AirflowClient) -> None:
     """Two schedulers ran throughout: no task of the runs without an injected task fault ran twice."""
     for run_id in ("fault-scheduler-kill", "fault-triggerer-kill"):
         tries = _try_numbers(admin, run_id)

@@ -13,6 +13,7 @@ process; the test plays the Job controller and fails every training Job, so the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -107,7 +108,7 @@ def promoted(stack: AirflowStack, admin: AirflowClient) -> dict[str, Any]:
     _wait_awaiting_input(admin, run_id)
     detail = admin.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approval/-1/hitlDetails")
     intruder = stack.client("intruder").respond(DAG_ID, run_id, "approval", "Approve", settle=0)
-    approved = admin.respond(DAG_ID, run_id, "approval", "Approve")
+    approved = stack.respond(admin, DAG_ID, run_id, "approval", "Approve")
     states = admin.wait_for_run(DAG_ID, run_id, timeout=600)
     return {
         "run_id": run_id,
@@ -215,7 +216,7 @@ def _kubeconfig_text(server: str, token: str, key_data: str) -> str:
 def secret_run(stack: AirflowStack, admin: AirflowClient) -> Iterator[dict[str, Any]]:
     """A run started by the webhook (with its secret) that loads the OSS and Kubernetes credentials."""
     from tests.emulators.oss_server import OssEmulator
-    from tests.kubernetes_emulator import emulated_cluster
+    from tests.kubernetes_emulator import Gone, emulated_cluster
 
     values = {
         "oss": secrets.token_urlsafe(30),
@@ -230,8 +231,12 @@ def secret_run(stack: AirflowStack, admin: AirflowClient) -> Iterator[dict[str, 
             """The Job controller of the emulated cluster: every training Job fails at once."""
             while not stop.is_set():
                 for name in k8s.names("jobs"):
+                    # A Job deleted since the list (the task's on_kill) is skipped, as a controller does.
                     if not ((k8s.get("jobs", name) or {}).get("status") or {}).get("conditions"):
-                        k8s.finish_job(name, succeeded=False, reason="BackoffLimitExceeded", message="e2e")
+                        with contextlib.suppress(Gone):
+                            k8s.finish_job(
+                                name, succeeded=False, reason="BackoffLimitExceeded", message="e2e"
+                            )
                 stop.wait(0.5)
 
         controller = threading.Thread(target=fail_every_job, name="e2e-job-controller", daemon=True)
@@ -315,7 +320,7 @@ def other_runs(
         "broken": admin.trigger(DAG_ID, {**BASE_CONF, "dataset": str(broken)}, run_id="e2e-broken-dataset"),
     }
     _wait_awaiting_input(admin, runs["reject"])
-    assert admin.respond(DAG_ID, runs["reject"], "approval", "Reject").status_code == 200
+    assert stack.respond(admin, DAG_ID, runs["reject"], "approval", "Reject").status_code == 200
     result = {}
     for key, run_id in runs.items():
         states = admin.wait_for_run(DAG_ID, run_id, timeout=600)
@@ -460,7 +465,7 @@ def test_rollback_restores_the_previous_model_and_production_serves_it(
     conf = {**BASE_CONF, "digest": "sha256:" + "ef" * 32, "tag": "e2e-second"}
     second_run = admin.trigger(DAG_ID, conf, run_id="e2e-second")
     _wait_awaiting_input(admin, second_run)
-    assert admin.respond(DAG_ID, second_run, "approval", "Approve").status_code == 200
+    assert stack.respond(admin, DAG_ID, second_run, "approval", "Approve").status_code == 200
     states = admin.wait_for_run(DAG_ID, second_run, timeout=600)
     assert admin.run_state(DAG_ID, second_run) == "success", states
     second = admin.xcom(DAG_ID, second_run, "train")["version"]

@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -233,12 +234,22 @@ def classifier_by_first_pixel(method: str, path: str, body: Any) -> Reply:
     return json_reply(200, {"predictions": rows})
 
 
+def slow(responder: Responder, seconds: float) -> Responder:
+    """`responder`, each answer taking at least `seconds`."""
+
+    def answer(method: str, path: str, body: Any) -> Reply:
+        time.sleep(seconds)
+        return responder(method, path, body)
+
+    return answer
+
+
 def test_evaluate_accuracy_per_class_and_confusion(serve: Callable[[Responder], FakeServing]) -> None:
     predicted = np.array([0, 0, 1, 1, 2, 3, 3, 3, 9, 5])
     labels = np.array([0, 1, 1, 1, 2, 3, 3, 2, 9, 9], dtype=np.uint8)
     images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
     images[:, 0, 0] = predicted
-    server = serve(classifier_by_first_pixel)
+    server = serve(slow(classifier_by_first_pixel, 0.05))
     result = make_hook(server.url).evaluate(images, labels, batch_size=4)
 
     assert len(server.requests) == 3  # 4 + 4 + 2
@@ -258,7 +269,9 @@ def test_evaluate_accuracy_per_class_and_confusion(serve: Callable[[Responder], 
     assert per_class["9"] == pytest.approx(1 / 2)
     assert per_class["4"] is None  # no test image of class 4
     assert set(per_class) == {str(c) for c in range(10)}
-    assert result["seconds"] >= 0
+    # The evaluation's own duration: at most two requests are in flight, so three 50 ms answers take at
+    # least two rounds (a lower bound cannot race the clock).
+    assert result["seconds"] >= 0.1
     json.dumps(result)  # goes to XCom as is
 
 
