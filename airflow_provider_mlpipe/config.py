@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 
 from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.params import RUNTIMES
 
-RUNTIMES = ("local", "kubernetes")
+__all__ = ["RUNTIMES"]
+
 ENDPOINTS = ("staging", "production")
 
 

@@ -21,6 +21,17 @@ class ConfigError(MlpipeError, ValueError):
         super().__init__(f"{field}={value!r} is invalid: expected {expected}")
 
 
+class UnknownParamError(ConfigError):
+    """A run's conf (or an ACR route's params) has a key that no param defines."""
+
+    def __init__(self, field: str, value: object, known: list[str], suggestion: str | None) -> None:
+        super().__init__(field, value, f"one of the params {', '.join(known)}")
+        self.suggestion = suggestion
+        hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+        # The key's name leads: a misspelling is what the reader has to spot.
+        self.args = (f"unknown param {field!r}{hint} (the params are {', '.join(known)})",)
+
+
 class DatasetError(MlpipeError, ValueError):
     """The dataset location is missing a file or holds data of the wrong shape."""
 

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.params import DIGEST_EXPECTED, DIGEST_RE
 
 TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
 FETCH_MODULE = "airflow_provider_mlpipe.images.serving.fetch"
@@ -48,7 +49,6 @@ OSS_SECRET_KEYS = {
 }
 
 _DNS_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def short_hash(text: str, length: int = 8) -> str:
@@ -100,15 +100,15 @@ def pinned_image(image: str, digest: str) -> str:
     if at:
         if digest and existing != digest:
             raise ConfigError("digest", digest, f"the digest the image reference carries ({existing})")
-        if not _DIGEST_RE.fullmatch(existing):
-            raise ConfigError("image", image, "a reference pinned by 'sha256:' and 64 lowercase hex digits")
+        if not DIGEST_RE.fullmatch(existing):
+            raise ConfigError("image", image, f"a reference pinned by {DIGEST_EXPECTED}")
         return image
     if not digest:
         raise ConfigError(
             "digest", digest, "the image's sha256 digest: the kubernetes runtime runs images by digest"
         )
-    if not _DIGEST_RE.fullmatch(digest):
-        raise ConfigError("digest", digest, "'sha256:' followed by 64 lowercase hex digits")
+    if not DIGEST_RE.fullmatch(digest):
+        raise ConfigError("digest", digest, DIGEST_EXPECTED)
     last_slash = repository.rfind("/")
     tag_colon = repository.rfind(":")
     if tag_colon > last_slash:  # a tag, not a registry port

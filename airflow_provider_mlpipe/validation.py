@@ -1,25 +1,38 @@
 """Checks of run inputs, shared by the DAG's first task and the operators (which re-check: they can be
-used outside our DAG). Each failure names the field, the value and what was expected."""
+used outside our DAG). Each failure names the field, the value and what was expected.
+
+The params themselves (names, types, ranges, patterns) are defined once, in `params`; this module applies
+them where a JSON schema cannot reach: keys no param defines, params that contradict each other, and the
+dataset on disk.
+"""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.params import (
+    DIGEST_EXPECTED,
+    DIGEST_RE,
+    HYPERPARAMETERS,
+    RUN_PARAMS,
+    check_combination,
+    check_known,
+    defaults,
+)
 from airflow_provider_mlpipe.retries import RetryPolicy
 
-# name -> (type, minimum, maximum); the trainer takes each as --<name with dashes>.
-HYPERPARAMETERS: dict[str, tuple[type, float, float]] = {
-    "epochs": (int, 1, 1000),
-    "batch_size": (int, 1, 65536),
-    "learning_rate": (float, 1e-07, 10),
-    "train_limit": (int, 0, 10**9),
-    "test_limit": (int, 0, 10**9),
-    "seed": (int, 0, 2**31 - 1),
-    "threads": (int, 0, 1024),
-}
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+__all__ = [
+    "HYPERPARAMETERS",
+    "check_digest",
+    "check_fraction",
+    "check_hyperparameters",
+    "check_image",
+    "check_retry_policy",
+    "check_route_params",
+    "check_run_params",
+]
 
 
 def check_hyperparameters(values: object) -> dict[str, int | float]:
@@ -33,17 +46,9 @@ def check_hyperparameters(values: object) -> dict[str, int | float]:
             raise ConfigError(
                 f"hyperparameters.{key}", value, f"one of the keys {', '.join(HYPERPARAMETERS)}"
             )
-        kind, low, high = HYPERPARAMETERS[key]
         if value is None:
             continue
-        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int:
-            # float(10**400) overflows: test integers as integers.
-            ok_type = ok_type and (isinstance(value, int) or float(value).is_integer())
-        if not ok_type or not low <= value <= high:
-            expected = "an integer" if kind is int else "a number"
-            raise ConfigError(f"hyperparameters.{key}", value, f"{expected} in [{low!r}, {high!r}]")
-        checked[key] = kind(value)
+        checked[key] = HYPERPARAMETERS[key].check(f"hyperparameters.{key}", value)
     return checked
 
 
@@ -56,8 +61,8 @@ def check_image(image: object) -> str:
 def check_digest(digest: object) -> str:
     if digest in (None, ""):
         return ""
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-        raise ConfigError("digest", digest, "empty or 'sha256:' followed by 64 lowercase hex digits")
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise ConfigError("digest", digest, f"empty or {DIGEST_EXPECTED}")
     return digest
 
 
@@ -76,15 +81,47 @@ def check_retry_policy(value: object) -> dict[str, int | float]:
     return RetryPolicy.from_conf(value).as_conf()
 
 
-def check_run_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Everything a run needs, checked before any work starts (the DAG's `validate_params` task)."""
+def check_param_schemas(values: Mapping[str, Any]) -> None:
+    """Each value against its param's JSON schema, exactly as Airflow checks a conf when a run is created
+    (`jsonschema.validate` with a format checker), for input that does not pass through Airflow first."""
+    from jsonschema import FormatChecker, ValidationError, validate
+
+    for key, value in values.items():
+        try:
+            validate(value, dict(RUN_PARAMS[key].schema), format_checker=FormatChecker())
+        except ValidationError as err:
+            where = ".".join([key, *(str(part) for part in err.absolute_path)])
+            raise ConfigError(where, err.instance, f"what its schema allows ({err.message})") from None
+
+
+def check_route_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params an ACR route adds to its runs' conf, checked as the run's would be once the pushed image
+    is known: known keys, each value's schema, the combination with the defaults, the retry policy."""
+    check_known(params, params)
+    check_param_schemas(params)
+    merged = {**defaults(), **params}
+    check_combination(merged)
+    check_retry_policy(merged.get("retry_policy"))
+    return dict(params)
+
+
+def check_run_params(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a run needs, checked before any work starts (the DAG's `validate_params` task).
+
+    `params` are the run's params (defaults merged with its conf), `conf` the conf as it was given:
+    Airflow accepts a conf key that no param defines, so this is where such a key is refused.
+    """
     from airflow_provider_mlpipe import config
     from airflow_provider_mlpipe.datasets.fashion_mnist import check_dataset_dir
+    from airflow_provider_mlpipe.modelstore.store import check_model_name
 
+    given = dict(conf or {})
+    check_known([*params, *(key for key in given if key not in params)], {**params, **given})
     checked = {
         "image": check_image(params.get("image")),
         "digest": check_digest(params.get("digest")),
         "runtime": config.check_runtime(params.get("runtime")),
+        "model_name": check_model_name(params.get("model_name", RUN_PARAMS["model_name"].default)),
         "min_accuracy": check_fraction("min_accuracy", params.get("min_accuracy")),
         "max_regression": check_fraction("max_regression", params.get("max_regression")),
         "hyperparameters": check_hyperparameters(params.get("hyperparameters")),
@@ -98,6 +135,7 @@ def check_run_params(params: dict[str, Any]) -> dict[str, Any]:
     ):
         raise ConfigError("approvers", approvers, "a non-empty list of Airflow user names")
     checked["approvers"] = approvers
+    check_combination(params)
     dataset = params.get("dataset") or ""
     if dataset and not str(dataset).startswith("oss://"):
         check_dataset_dir(str(dataset).removeprefix("file://"))

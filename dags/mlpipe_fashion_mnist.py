@@ -11,6 +11,7 @@ the REST API (`POST /api/v2/dags/mlpipe_fashion_mnist/dagRuns` with `conf`), or 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, XComArg, task
@@ -24,7 +25,7 @@ from airflow_provider_mlpipe.operators.model_store import (
 )
 from airflow_provider_mlpipe.operators.serving import ServingDeployOperator, ServingTeardownOperator
 from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
-from airflow_provider_mlpipe.retries import MAX_ATTEMPTS, MAX_BASE_DELAY, MAX_MAX_DELAY, RetryPolicy
+from airflow_provider_mlpipe.params import PIPELINE_DAG_ID, RUN_PARAMS
 from airflow_provider_mlpipe.sensors.accuracy import AccuracySensor
 from airflow_provider_mlpipe.sensors.approval import ApprovalSensor
 
@@ -33,94 +34,12 @@ RUNTIME = "{{ params.runtime }}"
 STORE = "{{ params.model_store or None }}"
 DATASET = "{{ params.dataset or None }}"
 
-PARAMS = ParamsDict(
-    {
-        "image": Param(
-            type="string",
-            minLength=1,
-            pattern=r"^\S+$",
-            description="Training image reference, e.g. registry.cn-hangzhou.aliyuncs.com/ns/repo@sha256:...",
-        ),
-        "digest": Param(
-            "", type="string", pattern=r"^(|sha256:[0-9a-f]{64})$", description="Image digest (sha256:...)"
-        ),
-        "tag": Param("", type="string", description="Pushed tag, for display only"),
-        "runtime": Param(
-            "local",
-            enum=["local", "kubernetes"],
-            description="Where training and serving run: this machine, or Jobs/Deployments on Kubernetes",
-        ),
-        "model_name": Param("fashion_mnist", type="string", pattern=r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"),
-        "model_store": Param("", type="string", description="Model store URI; empty: [mlpipe] model_store"),
-        "dataset": Param(
-            "",
-            type="string",
-            description="Dataset dir / file:// / oss://; empty: MLPIPE_DATASET_DIR or download",
-        ),
-        "min_accuracy": Param(0.85, type="number", minimum=0, maximum=1, description="Accuracy gate floor"),
-        "max_regression": Param(
-            0.01, type="number", minimum=0, maximum=1, description="Allowed accuracy drop vs production"
-        ),
-        "evaluation_sample": Param(0, type="integer", minimum=0, description="Test images scored (0 = all)"),
-        "verify_sample": Param(1000, type="integer", minimum=1, description="Images scored on production"),
-        "approvers": Param(
-            ["admin"],
-            type="array",
-            items={"type": "string", "minLength": 1},
-            minItems=1,
-            description="Airflow users who may approve",
-        ),
-        "approval_timeout_minutes": Param(
-            1440, type="integer", minimum=1, description="Then the answer is Reject"
-        ),
-        "hyperparameters": Param(
-            {},
-            type="object",
-            additionalProperties=False,
-            properties={
-                "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "batch_size": {"type": "integer", "minimum": 1, "maximum": 65536},
-                "learning_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
-                "seed": {"type": "integer", "minimum": 0},
-                "threads": {"type": "integer", "minimum": 0},
-                "train_limit": {"type": "integer", "minimum": 0},
-                "test_limit": {"type": "integer", "minimum": 0},
-            },
-            description="Trainer hyperparameters; empty: the trainer's defaults",
-        ),
-        "kubernetes": Param(
-            {},
-            type="object",
-            additionalProperties=False,
-            properties={
-                "gpus": {"type": "integer", "minimum": 0, "maximum": 16},
-                "cpu": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?m?$"},
-                "memory": {"type": "string", "pattern": r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$"},
-                "node_selector": {"type": "object", "additionalProperties": {"type": "string"}},
-                "tolerations": {"type": "array", "items": {"type": "object"}},
-                "replicas": {"type": "integer", "minimum": 1, "maximum": 50},
-            },
-            description="runtime=kubernetes: training pod gpus/cpu/memory/node_selector/tolerations, "
-            "serving replicas; empty: 0 GPUs, 2 CPUs, 4Gi, anywhere, 1 replica",
-        ),
-        "retry_policy": Param(
-            RetryPolicy().as_conf(),
-            type="object",
-            additionalProperties=False,
-            properties={
-                "attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS},
-                "base_delay": {"type": "number", "minimum": 0, "maximum": MAX_BASE_DELAY},
-                "max_delay": {"type": "number", "minimum": 0, "maximum": MAX_MAX_DELAY},
-            },
-            description="In-task retries of transient errors (Kubernetes API, object store, serving REST "
-            "API): calls in all, first backoff and its cap in seconds; missing keys take these defaults. "
-            "Task retries are the DAG's default_args.",
-        ),
-    }
-)
+# Generated from the one definition of each run param (airflow_provider_mlpipe.params), which the
+# first task, the webhook's routes and the trainer's command line check against too.
+PARAMS = ParamsDict({name: Param(**spec.param_kwargs()) for name, spec in RUN_PARAMS.items()})
 
 with DAG(
-    dag_id="mlpipe_fashion_mnist",
+    dag_id=PIPELINE_DAG_ID,
     description="Train, stage, gate, approve and deploy a Fashion-MNIST model from a pushed image",
     schedule=None,
     start_date=datetime(2026, 1, 1),
@@ -143,11 +62,17 @@ with DAG(
 ) as dag:
 
     @task(retries=0)
-    def validate_params(**context: object) -> dict[str, object]:
-        """Reject bad input before any work starts; nothing in production changes."""
+    def validate_params(**context: Any) -> dict[str, object]:
+        """Reject bad input before any work starts; nothing in production changes.
+
+        Airflow refuses a bad value of a known param when the run is created, but keeps a conf key that
+        no param defines, and checks each param alone: the unknown key and the params that contradict
+        each other are refused here, before `train` reserves a model version.
+        """
         from airflow_provider_mlpipe.validation import check_run_params
 
-        return check_run_params(dict(context["params"]))  # type: ignore[call-overload]
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        return check_run_params(dict(context["params"]), conf)
 
     validated = validate_params()
 

@@ -18,11 +18,21 @@ from airflow.sdk.definitions.param import ParamsDict
 
 from airflow_provider_mlpipe.operators.model_store import ModelRollbackOperator
 from airflow_provider_mlpipe.operators.serving import ServingDeployOperator
+from airflow_provider_mlpipe.params import REPLICAS, RUN_PARAMS
 from airflow_provider_mlpipe.sensors.accuracy import AccuracySensor
 
 MODEL = "{{ params.model_name }}"
 RUNTIME = "{{ params.runtime }}"
 STORE = "{{ params.model_store or None }}"
+
+
+def _shared(name: str, description: str | None = None) -> Param:
+    """A param the pipeline defines too, with the pipeline's schema and default."""
+    kwargs = RUN_PARAMS[name].param_kwargs()
+    if description:
+        kwargs["description"] = description
+    return Param(**kwargs)
+
 
 PARAMS = ParamsDict(
     {
@@ -31,20 +41,14 @@ PARAMS = ParamsDict(
             minLength=1,
             description="Why production goes back (kept in the alias history)",
         ),
-        "runtime": Param(
-            "local",
-            enum=["local", "kubernetes"],
-            description="Where production is served: this machine, or a Deployment on Kubernetes",
+        "runtime": _shared(
+            "runtime", "Where production is served: this machine, or a Deployment on Kubernetes"
         ),
-        "model_name": Param("fashion_mnist", type="string", pattern=r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"),
-        "model_store": Param("", type="string", description="Model store URI; empty: [mlpipe] model_store"),
-        "dataset": Param(
-            "",
-            type="string",
-            description="Dataset dir / file:// / oss://; empty: MLPIPE_DATASET_DIR or download",
-        ),
-        "verify_sample": Param(1000, type="integer", minimum=1, description="Images scored on production"),
-        "replicas": Param(1, type="integer", minimum=1, maximum=50, description="runtime=kubernetes"),
+        "model_name": _shared("model_name"),
+        "model_store": _shared("model_store"),
+        "dataset": _shared("dataset"),
+        "verify_sample": _shared("verify_sample"),
+        "replicas": Param(1, description="runtime=kubernetes", **REPLICAS.schema()),
     }
 )
 

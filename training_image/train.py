@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
@@ -47,6 +46,7 @@ from airflow_provider_mlpipe.datasets import (
 from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
 from airflow_provider_mlpipe.holds import hold
 from airflow_provider_mlpipe.modelstore import METRICS, open_store
+from airflow_provider_mlpipe.params import DIGEST_EXPECTED, DIGEST_RE, HYPERPARAMETERS, image_digest
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,7 +68,6 @@ DEFAULT_LEARNING_RATE = 0.003
 DEFAULT_SEED = 42
 
 TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class Terminated(BaseException):
@@ -169,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag may also be set by the environment variable shown; the flag wins.",
     )
     for flag, env in ENV_VARS.items():
+        bounded = HYPERPARAMETERS.get(flag.removeprefix("--").replace("-", "_"))
+        accepted = f", {bounded.expected}" if bounded is not None else ""
         # Raw strings here; validate_args() converts them so errors name the flag or env var uniformly.
-        parser.add_argument(flag, default=None, metavar="VALUE", help=f"{_HELP[flag]} [env {env}]")
+        parser.add_argument(flag, default=None, metavar="VALUE", help=f"{_HELP[flag]}{accepted} [env {env}]")
     return parser
 
 
@@ -208,18 +209,12 @@ def _int(ns: argparse.Namespace, flag: str, default: int | None, minimum: int, e
     return number
 
 
-def _float(ns: argparse.Namespace, flag: str, default: float, expected: str) -> float:
-    value, name = _raw(ns, flag)
+def _hyperparameter(ns: argparse.Namespace, name: str, default: int | float) -> int | float:
+    """A hyperparameter flag, in exactly the range the DAG's Params and `validate_params` accept."""
+    value, flag = _raw(ns, f"--{name.replace('_', '-')}")
     if value is None:
         return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(name, value, expected) from None
-    # NaN fails every comparison, so this also rejects it.
-    if not (0.0 < number <= 1.0):
-        raise ConfigError(name, value, expected)
-    return number
+    return HYPERPARAMETERS[name].parse(flag, value)
 
 
 def validate_args(ns: argparse.Namespace) -> TrainConfig:
@@ -247,20 +242,24 @@ def validate_args(ns: argparse.Namespace) -> TrainConfig:
     if scratch is not None and Path(scratch).exists() and not Path(scratch).is_dir():
         raise ConfigError(scratch_flag, scratch, "a directory (or a path that does not exist yet)")
 
+    digest, digest_flag = _raw(ns, "--digest")
+    if digest and not DIGEST_RE.fullmatch(digest):
+        raise ConfigError(digest_flag, digest, f"empty or {DIGEST_EXPECTED}")
+
     return TrainConfig(
         dataset=dataset,
         model_store=store,
         model_name=model_name,
         version=_int(ns, "--version", None, 1, "an integer >= 1"),
-        epochs=_int(ns, "--epochs", DEFAULT_EPOCHS, 1, "an integer >= 1"),
-        batch_size=_int(ns, "--batch-size", DEFAULT_BATCH_SIZE, 1, "an integer >= 1"),
-        learning_rate=_float(ns, "--learning-rate", DEFAULT_LEARNING_RATE, "a number in (0, 1]"),
-        seed=_int(ns, "--seed", DEFAULT_SEED, 0, "an integer >= 0"),
-        train_limit=_int(ns, "--train-limit", 0, 0, "an integer >= 0 (0 = all)"),
-        test_limit=_int(ns, "--test-limit", 0, 0, "an integer >= 0 (0 = all)"),
-        threads=_int(ns, "--threads", 0, 0, "an integer >= 0 (0 = TensorFlow default)"),
+        epochs=int(_hyperparameter(ns, "epochs", DEFAULT_EPOCHS)),
+        batch_size=int(_hyperparameter(ns, "batch_size", DEFAULT_BATCH_SIZE)),
+        learning_rate=float(_hyperparameter(ns, "learning_rate", DEFAULT_LEARNING_RATE)),
+        seed=int(_hyperparameter(ns, "seed", DEFAULT_SEED)),
+        train_limit=int(_hyperparameter(ns, "train_limit", 0)),
+        test_limit=int(_hyperparameter(ns, "test_limit", 0)),
+        threads=int(_hyperparameter(ns, "threads", 0)),
         image=_raw(ns, "--image")[0],
-        digest=_raw(ns, "--digest")[0],
+        digest=digest,
         run_id=_raw(ns, "--run-id")[0],
         scratch_dir=scratch,
     )
@@ -271,8 +270,8 @@ def manifest_digest(image: str | None, digest: str | None) -> str | None:
     (`repo@sha256:...`) carries, so a run started with a pinned reference alone still names its image."""
     if digest:
         return digest
-    _, at, pinned = (image or "").partition("@")
-    if at and _DIGEST_RE.fullmatch(pinned):
+    pinned = image_digest(image)
+    if pinned is not None and DIGEST_RE.fullmatch(pinned):
         return pinned
     return digest
 

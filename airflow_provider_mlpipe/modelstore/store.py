@@ -22,6 +22,7 @@ from airflow_provider_mlpipe.exceptions import (
     StoreNotFound,
 )
 from airflow_provider_mlpipe.modelstore.backends import Backend, FileBackend
+from airflow_provider_mlpipe.params import MODEL_NAME_EXPECTED, MODEL_NAME_RE
 
 if TYPE_CHECKING:
     from airflow_provider_mlpipe.modelstore.oss import OssCredentials
@@ -36,7 +37,6 @@ ALIASES = ("production", "staging", "previous")
 _RESERVATIONS = "_reservations"
 _ALIAS_DIR = "_aliases"
 _EVENTS = "_events"
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _CHUNK = 1 << 20
 # Fields of a production record that describe the version itself; a rollback carries them over.
 _ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest")
@@ -61,10 +61,8 @@ def sha256_file(path: Path) -> str:
 
 
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(
-            "model_name", name, "1-63 lowercase letters, digits, '-' or '_', starting and ending alphanumeric"
-        )
+    if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
+        raise ConfigError("model_name", name, MODEL_NAME_EXPECTED)
     return name
 
 

@@ -20,9 +20,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from airflow_provider_mlpipe.exceptions import RoutesConfigError
+from airflow_provider_mlpipe.exceptions import ConfigError, RoutesConfigError
+from airflow_provider_mlpipe.params import DIGEST_PATTERN, PIPELINE_DAG_ID
+from airflow_provider_mlpipe.validation import check_route_params
 
-DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+__all__ = ["DIGEST_PATTERN"]
+
 # Docker's tag grammar.
 TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 # Docker's repository path grammar (lower case components joined by separators), at least `ns/name`.
@@ -31,7 +34,7 @@ REPO_FULL_NAME_PATTERN = rf"^{_COMPONENT}(?:/{_COMPONENT})+$"
 REGION_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 PUSHED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
 DEFAULT_REGISTRY_HOST = "registry.{region}.aliyuncs.com"
-DEFAULT_DAG_ID = "mlpipe_fashion_mnist"
+DEFAULT_DAG_ID = PIPELINE_DAG_ID
 RUN_ID_PREFIX = "acr__"
 # Keys the event itself sets in the run's conf; a route cannot override what was pushed.
 EVENT_CONF_KEYS = ("image", "digest", "tag")
@@ -124,7 +127,12 @@ DEFAULT_ROUTES = (Route(repository="*", tag="*", dag_id=DEFAULT_DAG_ID),)
 
 
 def parse_routes(raw: str | None) -> tuple[Route, ...]:
-    """Routes from the Variable's JSON text (a list of objects); None (unset) gives the default route."""
+    """Routes from the Variable's JSON text (a list of objects); None (unset) gives the default route.
+
+    The params of a route to the pipeline are checked here as its runs' conf would be: Airflow accepts a
+    key no param defines and the pipeline refuses it only once the run starts, so without this a typo in
+    the Variable would turn every push into a failed run instead of one configuration error.
+    """
     if raw is None or not raw.strip():
         return DEFAULT_ROUTES
     try:
@@ -142,6 +150,12 @@ def parse_routes(raw: str | None) -> tuple[Route, ...]:
                 f"{'.'.join(str(p) for p in e['loc']) or 'route'}: {e['msg']}" for e in err.errors()
             )
             raise RoutesConfigError(f"mlpipe_acr_routes[{index}]: {problems}") from None
+        route = routes[-1]
+        if route.dag_id == PIPELINE_DAG_ID:
+            try:
+                check_route_params(route.params)
+            except ConfigError as err:
+                raise RoutesConfigError(f"mlpipe_acr_routes[{index}].params: {err}") from None
     return tuple(routes)
 
 

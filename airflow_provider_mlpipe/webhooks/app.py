@@ -2,7 +2,8 @@
 
 - `POST /mlpipe/webhooks/acr?token=<secret>`: an ACR push event; one DAG run per (repository, digest).
 - `GET /mlpipe/webhooks/acr/events?token=<secret>&limit=50&state=pending`: recent events, their run ids,
-  event states and run states.
+  event states and run states, and `routes_error`: why the routes Variable is unusable (null when it is
+  fine), e.g. a route's params naming a param the pipeline does not have.
 
 Airflow does not authenticate plugin apps, and ACR signs nothing, so every request must carry the shared
 secret (Variable `mlpipe_acr_webhook_secret`) as `?token=` or header `X-Mlpipe-Token`; it is compared in
@@ -222,7 +223,8 @@ def create_app(
         if state is not None and state not in STATES:
             return _detail(422, ["query", "state"], f"expected one of {', '.join(STATES)}", "enum")
 
-        def load() -> list[dict[str, Any]]:
+        def load() -> tuple[list[dict[str, Any]], str | None]:
+            routes_error = dispatcher.settings().routes_error
             records = dispatcher.event_log().recent(int(raw_limit), state)
             keys = [(r.dag_id, r.run_id) for r in records if r.dag_id and r.run_id]
             states = dispatcher.run_states(keys)
@@ -232,14 +234,15 @@ def create_app(
                     "run_state": states.get((r.dag_id, r.run_id)) if r.dag_id and r.run_id else None,
                 }
                 for r in records
-            ]
+            ], routes_error
 
         try:
-            events = await run_in_threadpool(load)
+            events, routes_error = await run_in_threadpool(load)
         except Exception:
             log.exception("ACR webhook: cannot list events")
             return JSONResponse({"detail": "events unavailable, try again"}, 503, {"Retry-After": "30"})
-        return JSONResponse({"events": events, "total": len(events)})
+        # A broken routes Variable holds every push pending: say so even before the first push arrives.
+        return JSONResponse({"events": events, "total": len(events), "routes_error": routes_error})
 
     return app
 

@@ -82,6 +82,8 @@ def build_settings(
         error = None
     except RoutesConfigError as err:
         routes, error = None, str(err)
+        # Once per load (the settings are cached): the events endpoint shows it too, as `routes_error`.
+        log.error("ACR webhook: Variable %s is unusable, pushes stay pending: %s", ROUTES_VARIABLE, error)
     return WebhookSettings(
         secret=secret.strip() if secret and secret.strip() else None,
         routes=routes,

@@ -391,6 +391,9 @@ def test_rest_api_v2_trigger_validates_conf_against_params(admin: AirflowClient)
         ({"digest": digest(9)}, "image"),
         ({**good, "min_accuracy": 2}, "min_accuracy"),
         ({**good, "runtime": "mars"}, "runtime"),
+        # Outside the trainer's range: refused here, not by the trainer once a version is reserved.
+        ({**good, "hyperparameters": {"learning_rate": 2}}, "learning_rate"),
+        ({**good, "hyperparameters": {"learning_rat": 0.1}}, "learning_rat"),
     ):
         resp = admin.request("POST", f"/dags/{REAL_DAG}/dagRuns", json={"logical_date": None, "conf": bad})
         assert resp.status_code == 400, (bad, resp.text)
@@ -417,6 +420,67 @@ def test_cli_trigger_with_conf_validates_against_params(stack: AirflowStack, adm
     assert bad.returncode != 0
     assert "image" in bad.stdout + bad.stderr
     assert admin.request("GET", f"/dags/{REAL_DAG}/dagRuns/cli-bad").status_code == 404
+    out_of_range = {**good, "hyperparameters": {"learning_rate": 2}}
+    bad_lr = stack.airflow(
+        "dags", "trigger", REAL_DAG, "--run-id", "cli-bad-lr", "--conf", json.dumps(out_of_range), check=False
+    )
+    assert bad_lr.returncode != 0
+    assert "learning_rate" in bad_lr.stdout + bad_lr.stderr
+    assert admin.request("GET", f"/dags/{REAL_DAG}/dagRuns/cli-bad-lr").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"min_acuracy": 0.95},
+            "mlpipe_acr_routes[2].params: unknown param 'min_acuracy'; did you mean 'min_accuracy'?",
+        ),
+        (
+            {"runtime": "local", "kubernetes": {"gpus": 2}},
+            "these settings apply to runtime 'kubernetes' only",
+        ),
+    ],
+)
+def test_bad_route_params_are_reported_and_no_run_is_created(
+    deliver: Callable[..., requests.Response],
+    admin: AirflowClient,
+    hook_url: str,
+    params: dict[str, Any],
+    message: str,
+) -> None:
+    """A route whose params the pipeline would ignore or cannot honour is reported on the events endpoint
+    (and in the api-server log) when the routes are read; pushes wait pending, and get their run once the
+    route is fixed."""
+    dig = digest(12 if "min_acuracy" in params else 13)
+    routes = [*ROUTES[:2], {**ROUTES[2], "params": params}]
+    admin.call(
+        "PATCH",
+        "/variables/mlpipe_acr_routes",
+        json={"key": "mlpipe_acr_routes", "value": json.dumps(routes)},
+    )
+    try:
+        listing = requests.get(f"{hook_url}/events", params={"token": SECRET}, timeout=30)
+        assert listing.status_code == 200
+        assert message in listing.json()["routes_error"]
+        resp = deliver(payload(repo=REAL_REPO, dig=dig, tag="v2"))
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["status"] == "pending"
+        assert message in resp.json()["reason"]
+        assert run_id_for(REAL_REPO, dig) not in runs_of(admin, REAL_DAG)
+    finally:
+        admin.call(
+            "PATCH",
+            "/variables/mlpipe_acr_routes",
+            json={"key": "mlpipe_acr_routes", "value": json.dumps(ROUTES)},
+        )
+    assert (
+        requests.get(f"{hook_url}/events", params={"token": SECRET}, timeout=30).json()["routes_error"]
+        is None
+    )
+    run_id = run_id_for(REAL_REPO, dig)
+    wait_until(lambda: run_id in runs_of(admin, REAL_DAG), 60, "the held push getting its run")
+    assert runs_of(admin, REAL_DAG)[run_id]["conf"]["min_accuracy"] == 0.9
 
 
 # ------------------------------------------------------------------------------- fault: api-server down

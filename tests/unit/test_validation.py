@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_mlpipe.datasets.fashion_mnist import FILES, TEST_LABELS
-from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
+from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError, UnknownParamError
 from airflow_provider_mlpipe.retries import MAX_ATTEMPTS, MAX_MAX_DELAY, RetryPolicy
 from airflow_provider_mlpipe.validation import (
     HYPERPARAMETERS,
@@ -20,6 +20,7 @@ from airflow_provider_mlpipe.validation import (
     check_hyperparameters,
     check_image,
     check_retry_policy,
+    check_route_params,
     check_run_params,
 )
 
@@ -64,8 +65,9 @@ def test_check_hyperparameters_accepts_and_normalises() -> None:
         ({"epochs": "6"}, "hyperparameters.epochs", "6", "an integer in [1, 1000]"),
         ({"epochs": True}, "hyperparameters.epochs", True, "an integer in [1, 1000]"),
         ({"batch_size": -1}, "hyperparameters.batch_size", -1, "an integer in [1, 65536]"),
-        ({"learning_rate": 0}, "hyperparameters.learning_rate", 0, "a number in [1e-07, 10]"),
-        ({"learning_rate": 11.0}, "hyperparameters.learning_rate", 11.0, "a number in [1e-07, 10]"),
+        ({"learning_rate": 0}, "hyperparameters.learning_rate", 0, "a number in (0, 1]"),
+        ({"learning_rate": 2}, "hyperparameters.learning_rate", 2, "a number in (0, 1]"),
+        ({"learning_rate": 11.0}, "hyperparameters.learning_rate", 11.0, "a number in (0, 1]"),
         ({"learning_rate": float("nan")}, "hyperparameters.learning_rate", float("nan"), "a number in"),
         ({"learning_rate": float("inf")}, "hyperparameters.learning_rate", float("inf"), "a number in"),
         ({"seed": -3}, "hyperparameters.seed", -3, "an integer in [0, "),
@@ -115,9 +117,9 @@ def test_check_hyperparameters_only_ever_raises_config_error(values: Any) -> Non
     # Accepted: every key is known, every value of the declared type and in range.
     assert isinstance(values, dict) or values is None
     for key, value in checked.items():
-        kind, low, high = HYPERPARAMETERS[key]
-        assert type(value) is kind
-        assert low <= value <= high
+        bounded = HYPERPARAMETERS[key]
+        assert type(value) is bounded.kind
+        assert bounded.minimum <= value <= bounded.maximum
 
 
 # ------------------------------------------------------------------------------------- image and digest
@@ -278,6 +280,7 @@ def test_check_run_params_returns_checked_values() -> None:
         "image": "registry/ns/trainer:1",
         "digest": DIGEST,
         "runtime": "local",
+        "model_name": "fashion_mnist",
         "min_accuracy": 0.8,
         "max_regression": 0.02,
         "hyperparameters": {"epochs": 2},
@@ -306,6 +309,22 @@ def test_check_run_params_leaves_remote_datasets_for_later() -> None:
         ({"approvers": "alice"}, "approvers", "a non-empty list of Airflow user names"),
         ({"approvers": ["alice", ""]}, "approvers", "a non-empty list of Airflow user names"),
         ({"retry_policy": {"attempts": 0}}, "retry_policy.attempts", "an integer in [1, 100]"),
+        ({"model_name": "Fashion MNIST"}, "model_name", "1-63 lowercase letters"),
+        ({"kubernetes": {"gpus": 2}}, "kubernetes", "runtime 'kubernetes' only"),
+        (
+            {"image": f"registry/ns/trainer@{DIGEST}", "digest": "sha256:" + "f" * 64},
+            "digest",
+            f"the digest the image reference carries ({DIGEST})",
+        ),
+        (
+            {
+                "runtime": "kubernetes",
+                "image": f"registry/ns/trainer@{DIGEST}",
+                "digest": "sha256:" + "f" * 64,
+            },
+            "digest",
+            f"the digest the image reference carries ({DIGEST})",
+        ),
     ],
 )
 def test_check_run_params_errors(overrides: dict[str, Any], field: str, fragment: str) -> None:
@@ -336,3 +355,69 @@ def test_check_run_params_dataset_missing_a_file(tmp_path: Path, as_uri: bool) -
 def test_check_run_params_dataset_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist or is not a directory"):
         check_run_params(valid_params(dataset=str(tmp_path / "nope")))
+
+
+# ----------------------------------------------------------------------- unknown keys, combinations
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("min_acuracy", "min_accuracy"),
+        ("hyperparameter", "hyperparameters"),
+        ("Image", "image"),
+        ("retry_polcy", "retry_policy"),
+        ("colour", None),
+    ],
+)
+def test_unknown_conf_key_is_refused_with_the_closest_param(key: str, suggestion: str | None) -> None:
+    conf = {"image": "registry/ns/trainer:1", key: 0.95}
+    # Airflow's run params carry the unknown key too (as an untyped param); the conf names it either way.
+    for params, run_conf in (
+        (valid_params(**{key: 0.95}), conf),
+        (valid_params(), conf),
+        (valid_params(**{key: 1}), None),
+    ):
+        with pytest.raises(UnknownParamError) as info:
+            check_run_params(params, run_conf)
+        assert info.value.field == key
+        assert info.value.suggestion == suggestion
+        message = str(info.value)
+        hint = f"; did you mean {suggestion!r}?" if suggestion else " (the params are image, digest"
+        assert message.startswith(f"unknown param {key!r}{hint}")
+        assert "min_accuracy, max_regression" in message
+
+
+def test_unknown_key_is_refused_before_bad_values() -> None:
+    """The misspelling is the cause of whatever else looks wrong: it is what the error names."""
+    with pytest.raises(UnknownParamError, match="did you mean 'min_accuracy'"):
+        check_run_params(valid_params(min_acuracy=0.9, image="bad image"), {"min_acuracy": 0.9})
+
+
+def test_combinations_the_run_can_honour_pass() -> None:
+    pinned = f"registry/ns/trainer@{DIGEST}"
+    for overrides in (
+        {"runtime": "kubernetes", "kubernetes": {"gpus": 2}},
+        {"runtime": "local", "kubernetes": {}},
+        {"image": pinned, "digest": DIGEST},
+        {"image": pinned, "digest": ""},
+        {"image": "registry/ns/trainer:1", "digest": DIGEST},
+    ):
+        checked = check_run_params(valid_params(**overrides), overrides)
+        assert checked["digest"] == overrides.get("digest", DIGEST)
+
+
+def test_check_route_params() -> None:
+    assert check_route_params({"min_accuracy": 0.9, "hyperparameters": {"epochs": 3}}) == {
+        "min_accuracy": 0.9,
+        "hyperparameters": {"epochs": 3},
+    }
+    with pytest.raises(UnknownParamError, match="did you mean 'min_accuracy'"):
+        check_route_params({"min_acuracy": 0.9})
+    with pytest.raises(ConfigError) as info:
+        check_route_params({"hyperparameters": {"learning_rate": 2}})
+    assert (info.value.field, info.value.value) == ("hyperparameters.learning_rate", 2)
+    assert "2 is greater than the maximum of 1" in info.value.expected
+    with pytest.raises(ConfigError) as info:
+        check_route_params({"kubernetes": {"replicas": 2}})
+    assert info.value.field == "kubernetes"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -190,3 +193,171 @@ def test_rollback_dag_moves_the_alias_then_serves_and_verifies(dagbag) -> None:
         params.validate()
     params.update({"reason": "bad predictions on boots"})
     assert params.validate()["runtime"] == "local"
+
+
+# ------------------------------------------------------------------ one schema, three layers that agree
+IMAGE = "registry.cn-hangzhou.aliyuncs.com/ns/repo:1"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _dag_accepts(dagbag, conf: dict) -> bool:
+    """The REST API's and `airflow dags trigger`'s verdict: what `create_dagrun` runs on the serialized
+    DAG (airflow/serialization/definitions/dag.py: `self.params.deep_merge(conf)` then `.validate()`)."""
+    from airflow.exceptions import ParamValidationError
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags[DAG_ID]))
+    try:
+        serialized.params.deep_merge({"image": IMAGE, **conf}).validate()
+    except ParamValidationError:
+        return False
+    return True
+
+
+def _validate_params_accepts(dagbag, conf: dict) -> bool:
+    """The first task's verdict, called as the task runner calls it (params: defaults merged with conf)."""
+    from airflow_provider_mlpipe.exceptions import ConfigError
+    from airflow_provider_mlpipe.params import defaults
+
+    run_conf = {"image": IMAGE, **conf}
+    task = dagbag.dags[DAG_ID].task_dict["validate_params"]
+    try:
+        task.python_callable(params={**defaults(), **run_conf}, dag_run=SimpleNamespace(conf=run_conf))
+    except ConfigError:
+        return False
+    return True
+
+
+def _trainer_accepts(args: list[str]) -> bool:
+    from airflow_provider_mlpipe.images.training import train
+
+    from airflow_provider_mlpipe.exceptions import ConfigError
+
+    try:
+        train.validate_args(
+            train.build_parser().parse_args(["--model-store", "/tmp/s", "--version", "1", *args])
+        )
+    except ConfigError:
+        return False
+    return True
+
+
+def _boundaries(bounded) -> list[object]:
+    low, high = bounded.minimum, bounded.maximum
+    values: list[object] = [low, high, True, str(high), [high], math.inf]
+    if bounded.kind is int:
+        values += [low - 1, high + 1, float(high), low + 0.5, 10**400]
+    else:
+        values += [math.nextafter(low, -math.inf), math.nextafter(low, math.inf)]
+        values += [math.nextafter(high, math.inf), math.nextafter(high, -math.inf), high * 2]
+    return values
+
+
+def test_hyperparameter_boundaries_agree_across_dag_params_validate_params_and_trainer(dagbag) -> None:
+    """Every hyperparameter's range comes from airflow_provider_mlpipe.params: the REST API / CLI (DAG
+    Params), `validate_params` and the trainer's command line accept and refuse exactly the same values.
+    The trainer gets each value as its JSON text, which is how a value reaches a command line."""
+    from airflow_provider_mlpipe.params import HYPERPARAMETERS
+
+    verdicts: dict[tuple[str, str], tuple[bool, bool, bool]] = {}
+    for name, bounded in HYPERPARAMETERS.items():
+        for value in _boundaries(bounded):
+            conf = {"hyperparameters": {name: value}}
+            flag = f"--{name.replace('_', '-')}={json.dumps(value)}"
+            verdicts[(name, repr(value))] = (
+                _dag_accepts(dagbag, conf),
+                _validate_params_accepts(dagbag, conf),
+                _trainer_accepts([flag]),
+            )
+    disagree = {key: v for key, v in verdicts.items() if len(set(v)) != 1}
+    assert disagree == {}
+    # Both ends of every range are inside it and just past them is outside: the boundaries were hit.
+    for name, bounded in HYPERPARAMETERS.items():
+        assert verdicts[(name, repr(bounded.maximum))] == (True, True, True)
+        low_verdict = verdicts[(name, repr(bounded.minimum))]
+        assert low_verdict == ((False,) * 3 if bounded.exclusive_minimum else (True,) * 3)
+    # The issue's case: refused when the run is created, not by the trainer after a version is reserved.
+    assert not _dag_accepts(dagbag, {"hyperparameters": {"learning_rate": 2}})
+    assert not _trainer_accepts(["--learning-rate=2"])
+
+
+@pytest.mark.parametrize(
+    ("field", "flag", "values"),
+    [
+        ("model_name", "--model-name", ["a", "a" * 63, "a" * 64, "a-", "-a", "A", "a_b-c", "a\n", "a b", ""]),
+        (
+            "digest",
+            "--digest",
+            ["", DIGEST, DIGEST + "\n", "sha256:" + "AB" * 32, "sha256:ab", "md5:" + "ab" * 16],
+        ),
+    ],
+)
+def test_string_params_agree_across_dag_params_validate_params_and_trainer(
+    dagbag, field: str, flag: str, values: list[str]
+) -> None:
+    for value in values:
+        verdicts = (
+            _dag_accepts(dagbag, {field: value}),
+            _validate_params_accepts(dagbag, {field: value}),
+            _trainer_accepts([f"{flag}={value}"]),
+        )
+        assert len(set(verdicts)) == 1, (value, verdicts)
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("image", [IMAGE, "x", "", "a b", "x\n", "\tx"]),
+        ("min_accuracy", [0, 1, 0.5, -0.01, 1.01, True, None]),
+        ("max_regression", [0, 1, -1e-9, 1 + 1e-9]),
+        (
+            "retry_policy",
+            [{"attempts": 1}, {"attempts": 100}, {"attempts": 0}, {"attempts": 101}, {"tries": 3}],
+        ),
+        ("retry_policy", [{"base_delay": 600, "max_delay": 600}, {"base_delay": 601, "max_delay": 3600}]),
+        ("retry_policy", [{"max_delay": 3600}, {"max_delay": 3601}, {"max_delay": -1}, {"attempts": 2.0}]),
+        ("approvers", [["a"], [], [""], "a"]),
+    ],
+)
+def test_other_params_agree_across_dag_params_and_validate_params(dagbag, field: str, values: list) -> None:
+    for value in values:
+        verdicts = (_dag_accepts(dagbag, {field: value}), _validate_params_accepts(dagbag, {field: value}))
+        assert len(set(verdicts)) == 1, (value, verdicts)
+
+
+def test_dag_params_are_generated_from_the_one_definition(dagbag) -> None:
+    from airflow_provider_mlpipe.params import RUN_PARAMS
+
+    params = dagbag.dags[DAG_ID].params
+    assert list(params) == list(RUN_PARAMS)
+    for name, spec in RUN_PARAMS.items():
+        assert params.get_param(name).schema == dict(spec.schema), name
+    hyper = params.get_param("hyperparameters").schema
+    assert hyper["additionalProperties"] is False
+    assert hyper["properties"]["learning_rate"] == {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"min_acuracy": 0.95}, "unknown param 'min_acuracy'; did you mean 'min_accuracy'?"),
+        ({"runtime": "local", "kubernetes": {"gpus": 2}}, "kubernetes={'gpus': 2} is invalid"),
+        (
+            {"image": f"r/ns/x@{DIGEST}", "digest": "sha256:" + "cd" * 32},
+            f"the digest the image reference carries ({DIGEST})",
+        ),
+    ],
+)
+def test_what_airflow_accepts_validate_params_refuses(dagbag, conf: dict, message: str) -> None:
+    """Airflow creates these runs (an unknown key becomes an untyped param; params are checked one by
+    one), so the first task is where they stop, naming the key, before `train` reserves a version."""
+    from airflow_provider_mlpipe.exceptions import ConfigError
+    from airflow_provider_mlpipe.params import defaults
+
+    assert _dag_accepts(dagbag, conf)
+    task = dagbag.dags[DAG_ID].task_dict["validate_params"]
+    run_conf = {"image": IMAGE, **conf}
+    with pytest.raises(ConfigError) as info:
+        task.python_callable(params={**defaults(), **run_conf}, dag_run=SimpleNamespace(conf=run_conf))
+    assert message in str(info.value)
+    assert dagbag.dags[DAG_ID].task_dict["train"].upstream_task_ids == {"validate_params"}

@@ -107,6 +107,14 @@ def _run(
         (["--model-store", "s3://bucket/x", "--version", "1"], "--model-store='s3://bucket/x' is invalid"),
         (["--model-store", "/tmp/store", "--version", "1", "--dataset", "ftp://x"], "--dataset='ftp://x'"),
         (
+            ["--model-store", "/tmp/store", "--version", "1", "--digest", "sha256:short"],
+            "--digest='sha256:short' is invalid: expected empty or 'sha256:' followed by 64 lowercase hex",
+        ),
+        (
+            ["--model-store", "/tmp/store", "--version", "1", "--epochs", "1001"],
+            "--epochs='1001' is invalid: expected an integer in [1, 1000]",
+        ),
+        (
             ["--model-store", "/tmp/store", "--version", "1", "--nonsense"],
             "unrecognized arguments: --nonsense",
         ),

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, event
 
 from airflow_provider_mlpipe.exceptions import PendingError, RejectedError
-from airflow_provider_mlpipe.webhooks.acr import DIGEST_PATTERN, Route, run_id_for
+from airflow_provider_mlpipe.webhooks.acr import DEFAULT_DAG_ID, DIGEST_PATTERN, Route, run_id_for
 from airflow_provider_mlpipe.webhooks.app import MAX_BODY_BYTES, TOKEN_HEADER, create_app
-from airflow_provider_mlpipe.webhooks.dispatch import TriggerOutcome, WebhookSettings
+from airflow_provider_mlpipe.webhooks.dispatch import TriggerOutcome, WebhookSettings, build_settings
 from airflow_provider_mlpipe.webhooks.events import EventLog, EventRecord
 
 SECRET = "s3cr3t-token_+/="
@@ -470,6 +470,27 @@ def test_broken_routes_keep_events_pending_until_fixed(h: Harness) -> None:
     assert resp.status_code == 202 and "routes configuration invalid" in resp.json()["reason"]
     h.configure(routes=ROUTES)
     assert h.client.app.state.dispatcher.retry_due() == 1  # type: ignore[attr-defined]
+
+
+def test_events_endpoint_reports_a_bad_route_before_any_push(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    routes = [{"repository": "mlpipe/*", "dag_id": DEFAULT_DAG_ID, "params": {"min_acuracy": 0.95}}]
+    with caplog.at_level("ERROR", logger="airflow_provider_mlpipe.webhooks.dispatch"):
+        h.config["current"] = build_settings(SECRET, json.dumps(routes), ttl=0)
+    expected = "mlpipe_acr_routes[0].params: unknown param 'min_acuracy'; did you mean 'min_accuracy'?"
+    assert expected in caplog.text
+    listing = h.client.get(f"{URL}/events", params={"token": SECRET})
+    assert listing.status_code == 200
+    assert listing.json()["events"] == []
+    assert listing.json()["routes_error"].startswith(expected)
+    # A push meanwhile waits, naming the route, instead of starting a run that would ignore the key.
+    resp = h.post(payload())
+    assert resp.status_code == 202 and resp.json()["status"] == "pending"
+    assert expected in resp.json()["reason"]
+    assert h.airflow.calls == 0
+    h.config["current"] = build_settings(SECRET, json.dumps([{**routes[0], "params": {}}]), ttl=0)
+    assert h.client.get(f"{URL}/events", params={"token": SECRET}).json()["routes_error"] is None
 
 
 def _dropped(statement: str) -> Exception:

@@ -184,3 +184,42 @@ def test_routes_default_and_first_match_wins() -> None:
 def test_bad_routes_name_the_entry_and_field(raw: str, message: str) -> None:
     with pytest.raises(RoutesConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_routes(raw)
+
+
+PIPELINE_ROUTE = {"repository": "mlpipe/*", "dag_id": DEFAULT_DAG_ID}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"min_acuracy": 0.95}, "[0].params: unknown param 'min_acuracy'; did you mean 'min_accuracy'?"),
+        ({"kubernetes": {"gpus": 2}}, "[0].params: kubernetes={'gpus': 2} is invalid: expected empty"),
+        ({"runtime": "local", "kubernetes": {"gpus": 2}}, "runtime 'kubernetes' only"),
+        ({"hyperparameters": {"learning_rate": 2}}, "[0].params: hyperparameters.learning_rate=2 is invalid"),
+        ({"runtime": "kubernetes", "kubernetes": {"gpu": 2}}, "'gpu' was unexpected"),
+        ({"min_accuracy": "high"}, "[0].params: min_accuracy='high' is invalid"),
+        ({"retry_policy": {"base_delay": 5, "max_delay": 1}}, "retry_policy.max_delay=1.0 is invalid"),
+    ],
+)
+def test_pipeline_route_params_are_checked_like_a_runs_conf(params: dict[str, Any], message: str) -> None:
+    """A route's params that the pipeline would refuse (or, for an unknown key, silently ignore) make the
+    routes unusable when they are read, not each run fail once it starts."""
+    with pytest.raises(RoutesConfigError) as info:
+        parse_routes(json.dumps([{**PIPELINE_ROUTE, "params": params}]))
+    assert str(info.value).startswith("mlpipe_acr_routes[0].params: ")
+    assert message in str(info.value)
+
+
+def test_good_pipeline_route_params_and_other_dags_params_pass() -> None:
+    good = {
+        "runtime": "kubernetes",
+        "kubernetes": {"gpus": 1, "replicas": 2},
+        "min_accuracy": 0.9,
+        "hyperparameters": {"epochs": 3, "learning_rate": 1},
+        "retry_policy": {"attempts": 8},
+    }
+    other = {"repository": "other/*", "dag_id": "someone_elses_dag", "params": {"min_acuracy": 1}}
+    routes = parse_routes(json.dumps([{**PIPELINE_ROUTE, "params": good}, other]))
+    assert routes[0].params == good
+    # Another DAG's params are its own: its Params check them when the run is created.
+    assert routes[1].params == {"min_acuracy": 1}
