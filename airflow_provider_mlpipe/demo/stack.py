@@ -25,6 +25,8 @@ from typing import Any
 import requests
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# In the environment of every process a stack starts, and so of everything those start (`kill_strays`).
+STACK_MARK = "MLPIPE_STACK_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -142,6 +144,7 @@ class AirflowStack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
         env["AIRFLOW_HOME"] = str(self.home)
+        env[STACK_MARK] = str(self.home)
         env["PYTHONUNBUFFERED"] = "1"
         if self.config.dataset_dir:
             env["MLPIPE_DATASET_DIR"] = self.config.dataset_dir
@@ -267,13 +270,14 @@ class AirflowStack:
         self.kill_strays()
 
     def kill_strays(self) -> list[int]:
-        """SIGKILL every process left with this stack's AIRFLOW_HOME in its environment.
+        """SIGKILL every process left that carries this stack's mark in its environment.
 
         A component's process group is not all it started: Airflow's task processes and the local
         runtime's supervisors run in sessions of their own, and a component killed with SIGKILL leaves
-        its children behind. The environment they all inherit is what they have in common.
+        its children behind. The environment they all inherit is what they have in common. The mark is a
+        variable of our own, not AIRFLOW_HOME, which a user's shell may export too.
         """
-        marker = f"AIRFLOW_HOME={self.home}".encode()
+        marker = f"{STACK_MARK}={self.home}".encode()
         killed = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
