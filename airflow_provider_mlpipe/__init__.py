@@ -57,6 +57,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "MLPipe",
                 "python-modules": [
                     "airflow_provider_mlpipe.hooks.kubernetes",
+                    "airflow_provider_mlpipe.hooks.kubernetes_async",
                     "airflow_provider_mlpipe.hooks.local_process",
                     "airflow_provider_mlpipe.hooks.model_store",
                     "airflow_provider_mlpipe.hooks.serving",

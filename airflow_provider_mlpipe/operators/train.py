@@ -21,9 +21,9 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, TrainingError
-from airflow_provider_mlpipe.hooks.kubernetes import FAILED as JOB_FAILED
-from airflow_provider_mlpipe.hooks.kubernetes import SUCCEEDED as JOB_SUCCEEDED
-from airflow_provider_mlpipe.hooks.kubernetes import job_state
+from airflow_provider_mlpipe.hooks.kubernetes_status import FAILED as JOB_FAILED
+from airflow_provider_mlpipe.hooks.kubernetes_status import SUCCEEDED as JOB_SUCCEEDED
+from airflow_provider_mlpipe.hooks.kubernetes_status import job_state
 from airflow_provider_mlpipe.hooks.local_process import SUCCEEDED
 from airflow_provider_mlpipe.modelstore.store import check_model_name
 from airflow_provider_mlpipe.operators._hooks import RuntimeHooksMixin, StoreHookMixin
