@@ -25,6 +25,7 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "MLPipe",
                 "python-modules": [
+                    "airflow_provider_mlpipe.operators.base",
                     "airflow_provider_mlpipe.operators.train",
                     "airflow_provider_mlpipe.operators.serving",
                     "airflow_provider_mlpipe.operators.model_store",
