@@ -24,17 +24,7 @@ from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlpipe import config
 from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError, RetriesExhausted
-from airflow_provider_mlpipe.hooks.kubernetes_common import (
-    DEFAULT_REQUEST_TIMEOUT,
-    api_name,
-    call_name,
-    delete_options,
-    exhausted_error,
-    kube_connection_secrets,
-    list_pods_name,
-    parse_json,
-    refused_error,
-)
+from airflow_provider_mlpipe.hooks import kubernetes_common as common
 from airflow_provider_mlpipe.retries import RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
@@ -68,7 +58,7 @@ class KubernetesResourceHook(BaseHook):
         namespace: str | None = None,
         *,
         retry: RetryPolicy | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        request_timeout: float = common.DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -82,7 +72,7 @@ class KubernetesResourceHook(BaseHook):
         from airflow.sdk.log import mask_secret
 
         hook = KubernetesHook(conn_id=self.conn_id or config.kubernetes_conn_id())
-        for secret in kube_connection_secrets(hook.conn_extras):
+        for secret in common.kube_connection_secrets(hook.conn_extras):
             mask_secret(secret)
         return hook
 
@@ -112,7 +102,7 @@ class KubernetesResourceHook(BaseHook):
     def _api(self, kind: str) -> tuple[Any, str]:
         from kubernetes import client
 
-        api_class, suffix = api_name(kind)
+        api_class, suffix = common.api_name(kind)
         return getattr(client, api_class)(api_client=self.api_client), suffix
 
     def _call(
@@ -140,11 +130,11 @@ class KubernetesResourceHook(BaseHook):
         try:
             return call_with_retry(attempt, policy=self.retry, what=what)
         except RetriesExhausted as exhausted:
-            raise exhausted_error(what, exhausted) from exhausted.last
+            raise common.exhausted_error(what, exhausted) from exhausted.last
         except ApiException as err:
             if err.status in passthrough:
                 raise
-            raise refused_error(what, err) from None
+            raise common.refused_error(what, err) from None
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -152,7 +142,7 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         try:
             data = self._call(
-                call_name("GET", kind, self.namespace, name),
+                common.call_name("GET", kind, self.namespace, name),
                 getattr(api, f"read_{suffix}"),
                 name,
                 self.namespace,
@@ -160,7 +150,7 @@ class KubernetesResourceHook(BaseHook):
             )
         except ApiException:
             return None
-        return parse_json(data)
+        return common.parse_json(data)
 
     def create_or_adopt(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create `body`, or return the object of that name that already exists. Returns (object, created).
@@ -178,9 +168,9 @@ class KubernetesResourceHook(BaseHook):
             return existing, False
         api, suffix = self._api(kind)
         try:
-            created = parse_json(
+            created = common.parse_json(
                 self._call(
-                    call_name("create", kind, self.namespace, name),
+                    common.call_name("create", kind, self.namespace, name),
                     getattr(api, f"create_{suffix}"),
                     self.namespace,
                     body,
@@ -206,9 +196,9 @@ class KubernetesResourceHook(BaseHook):
 
     def patch(self, kind: str, name: str, patch: list[Any] | dict[str, Any]) -> dict[str, Any]:
         api, suffix = self._api(kind)
-        return parse_json(
+        return common.parse_json(
             self._call(
-                call_name("patch", kind, self.namespace, name),
+                common.call_name("patch", kind, self.namespace, name),
                 getattr(api, f"patch_{suffix}"),
                 name,
                 self.namespace,
@@ -224,11 +214,11 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         try:
             self._call(
-                call_name("delete", kind, self.namespace, name),
+                common.call_name("delete", kind, self.namespace, name),
                 getattr(api, f"delete_{suffix}"),
                 name,
                 self.namespace,
-                body=delete_options(propagation),
+                body=common.delete_options(propagation),
                 passthrough=(404,),
             )
         except ApiException:
@@ -247,9 +237,9 @@ class KubernetesResourceHook(BaseHook):
 
     def list_pods(self, selector: str) -> list[dict[str, Any]]:
         api, _ = self._api("Pod")
-        body = parse_json(
+        body = common.parse_json(
             self._call(
-                list_pods_name(self.namespace, selector),
+                common.list_pods_name(self.namespace, selector),
                 api.list_namespaced_pod,
                 self.namespace,
                 label_selector=selector,
@@ -268,7 +258,7 @@ class KubernetesResourceHook(BaseHook):
             kwargs["tail_lines"] = tail_lines
         try:
             data = self._call(
-                call_name("read the log of", "Pod", self.namespace, name),
+                common.call_name("read the log of", "Pod", self.namespace, name),
                 api.read_namespaced_pod_log,
                 name,
                 self.namespace,

@@ -15,17 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlpipe.exceptions import RetriesExhausted
-from airflow_provider_mlpipe.hooks.kubernetes_common import (
-    DEFAULT_REQUEST_TIMEOUT,
-    api_name,
-    call_name,
-    delete_options,
-    exhausted_error,
-    kube_connection_secrets,
-    list_pods_name,
-    parse_json,
-    refused_error,
-)
+from airflow_provider_mlpipe.hooks import kubernetes_common as common
 from airflow_provider_mlpipe.retries import RetryPolicy, call_with_retry_async
 
 if TYPE_CHECKING:
@@ -50,7 +40,7 @@ class AsyncKubernetesResourceHook(BaseHook):
         namespace: str,
         *,
         retry: RetryPolicy | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        request_timeout: float = common.DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -71,7 +61,7 @@ class AsyncKubernetesResourceHook(BaseHook):
         # amask_secret: the synchronous variant would block the triggerer's loop on its supervisor.
         from airflow.sdk.log import amask_secret
 
-        for secret in kube_connection_secrets(await self.kube.get_conn_extras()):
+        for secret in common.kube_connection_secrets(await self.kube.get_conn_extras()):
             await amask_secret(secret)
         self._masked = True
 
@@ -79,7 +69,7 @@ class AsyncKubernetesResourceHook(BaseHook):
     async def _api(self, kind: str) -> AsyncIterator[tuple[Any, str]]:
         from kubernetes_asyncio import client
 
-        api_class, suffix = api_name(kind)
+        api_class, suffix = common.api_name(kind)
         await self._mask_connection_secrets()
         async with self.kube.get_conn() as api_client:
             # aiohttp silently resends an idempotent request once when its connection breaks (RFC 9112
@@ -125,33 +115,33 @@ class AsyncKubernetesResourceHook(BaseHook):
         try:
             return await call_with_retry_async(attempt, policy=self.retry, what=what)
         except RetriesExhausted as exhausted:
-            raise exhausted_error(what, exhausted) from exhausted.last
+            raise common.exhausted_error(what, exhausted) from exhausted.last
         except ApiException as err:
             if err.status == 404:
                 return None
             if err.status in passthrough:
                 raise
-            raise refused_error(what, err) from None
+            raise common.refused_error(what, err) from None
 
     async def get(self, kind: str, name: str) -> dict[str, Any] | None:
         async with self._api(kind) as (api, suffix):
             data = await self._call(
-                call_name("GET", kind, self.namespace, name),
+                common.call_name("GET", kind, self.namespace, name),
                 getattr(api, f"read_{suffix}"),
                 name,
                 self.namespace,
             )
-        return None if data is None else parse_json(data)
+        return None if data is None else common.parse_json(data)
 
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         async with self._api("Pod") as (api, _):
             data = await self._call(
-                list_pods_name(self.namespace, selector),
+                common.list_pods_name(self.namespace, selector),
                 api.list_namespaced_pod,
                 self.namespace,
                 label_selector=selector,
             )
-        return [] if data is None else list(parse_json(data).get("items") or [])
+        return [] if data is None else list(common.parse_json(data).get("items") or [])
 
     async def pod_log(
         self,
@@ -176,7 +166,7 @@ class AsyncKubernetesResourceHook(BaseHook):
         async with self._api("Pod") as (api, _):
             try:
                 data = await self._call(
-                    call_name("read the log of", "Pod", self.namespace, name),
+                    common.call_name("read the log of", "Pod", self.namespace, name),
                     api.read_namespaced_pod_log,
                     name,
                     self.namespace,
@@ -190,11 +180,11 @@ class AsyncKubernetesResourceHook(BaseHook):
     async def delete(self, kind: str, name: str, *, propagation: str = "Foreground") -> bool:
         async with self._api(kind) as (api, suffix):
             data = await self._call(
-                call_name("delete", kind, self.namespace, name),
+                common.call_name("delete", kind, self.namespace, name),
                 getattr(api, f"delete_{suffix}"),
                 name,
                 self.namespace,
-                body=delete_options(propagation),
+                body=common.delete_options(propagation),
             )
         if data is None:
             return False
