@@ -25,6 +25,7 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "MLPipe",
                 "python-modules": [
+                    "airflow_provider_mlpipe.operators.base",
                     "airflow_provider_mlpipe.operators.train",
                     "airflow_provider_mlpipe.operators.serving",
                     "airflow_provider_mlpipe.operators.model_store",
@@ -57,6 +58,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "MLPipe",
                 "python-modules": [
                     "airflow_provider_mlpipe.hooks.kubernetes",
+                    "airflow_provider_mlpipe.hooks.kubernetes_async",
                     "airflow_provider_mlpipe.hooks.local_process",
                     "airflow_provider_mlpipe.hooks.model_store",
                     "airflow_provider_mlpipe.hooks.serving",

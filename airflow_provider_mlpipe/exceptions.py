@@ -1,10 +1,22 @@
 """Every error the provider raises, in one place.
 
 Messages name the resource (model, version, endpoint, file, field) and the reason, so an on-call engineer
-can act on the task log line alone.
+can act on the task log line alone; `describe` is how a message tells the underlying error.
+
+Imports nothing of the provider: every other module (retries included) depends on this one, never the
+other way round.
 """
 
 from __future__ import annotations
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line account of an error for a message: HTTP status and reason when there was an answer."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status > 0:
+        reason = getattr(exc, "code", None) or getattr(exc, "reason", None) or ""
+        return f"HTTP {status} {reason}".strip()
+    return f"{type(exc).__name__}: {exc}"
 
 
 class MlpipeError(Exception):
@@ -84,9 +96,6 @@ class RetriesExhausted(MlpipeError):
     resource (StoreUnavailable, KubernetesRuntimeError, ServingError)."""
 
     def __init__(self, attempts: int, last: BaseException) -> None:
-        # Imported on use: retries imports this module, so a top-level import would be circular.
-        from airflow_provider_mlpipe.retries import describe
-
         super().__init__(f"{attempts} attempts, last error: {describe(last)}")
         self.attempts = attempts
         self.last = last

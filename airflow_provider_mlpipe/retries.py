@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from airflow_provider_mlpipe.exceptions import ConfigError, RetriesExhausted
+from airflow_provider_mlpipe.exceptions import ConfigError, RetriesExhausted, describe
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +255,6 @@ def retry_after(exc: BaseException) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line account of an error for a message: HTTP status and reason when there was an answer."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int) and status > 0:
-        reason = getattr(exc, "code", None) or getattr(exc, "reason", None) or ""
-        return f"HTTP {status} {reason}".strip()
-    return f"{type(exc).__name__}: {exc}"
 
 
 # --- the loops ----------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Kubernetes runtime I/O through the cncf-kubernetes provider's KubernetesHook / AsyncKubernetesHook.
+"""Kubernetes runtime I/O of the operators, through the cncf-kubernetes provider's KubernetesHook.
 
 Objects travel as plain JSON dicts (camelCase, as the API serves them), not as the client's model classes:
-the manifests are built as dicts (`airflow_provider_mlpipe.manifests`) and status is read from dicts, so
-nothing is lost or renamed on the way. The module-level functions interpret status and do no I/O.
+the manifests are built as dicts (`airflow_provider_mlpipe.manifests`) and status is read from dicts
+(`hooks.kubernetes_status`), so nothing is lost or renamed on the way. The triggers' twin of this hook is
+`hooks.kubernetes_async`; what both share (call naming, error translation, secrets of the connection) is in
+`hooks.kubernetes_common`.
 
 Every API call runs under a `retries.RetryPolicy`: transient failures (no answer, a reset connection, a
 timeout, 408/429/5xx) are retried with capped exponential backoff, then reported as a KubernetesRuntimeError
@@ -13,10 +15,8 @@ the connection registers the kubeconfig and the credentials in it with Airflow's
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -24,95 +24,20 @@ from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlpipe import config
 from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError, RetriesExhausted
-from airflow_provider_mlpipe.retries import (
-    RetryPolicy,
-    call_with_retry,
-    call_with_retry_async,
-    describe,
-)
+from airflow_provider_mlpipe.hooks import kubernetes_common as common
+from airflow_provider_mlpipe.retries import RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
 DEFAULT_NAMESPACE = "mlpipe"
-# kind -> (API class of the client, method suffix)
-_KINDS: dict[str, tuple[str, str]] = {
-    "Job": ("BatchV1Api", "namespaced_job"),
-    "Deployment": ("AppsV1Api", "namespaced_deployment"),
-    "Service": ("CoreV1Api", "namespaced_service"),
-    "Pod": ("CoreV1Api", "namespaced_pod"),
-}
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
-
-# Job states
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-# Rollout states
-PROGRESSING = "progressing"
-AVAILABLE = "available"
-
-
-def _api_name(kind: str) -> tuple[str, str]:
-    try:
-        return _KINDS[kind]
-    except KeyError:
-        raise KubernetesRuntimeError(
-            f"unsupported kind {kind!r}: expected one of {', '.join(_KINDS)}"
-        ) from None
 
 
 def _patch_content_type(patch: list[Any] | dict[str, Any]) -> str:
     # The client would label a dict body as JSON patch (its first listed type): always say what it is.
     return JSON_PATCH if isinstance(patch, list) else MERGE_PATCH
-
-
-# Seconds to wait for the answer to one API call (the provider's default too): a half-open connection must
-# fail the attempt, not hang the task.
-DEFAULT_REQUEST_TIMEOUT = 60.0
-# Keys of a kubeconfig whose values are credentials: token (and access-, id-, refresh-token), password,
-# client-key-data, an auth provider's client-secret.
-_CREDENTIAL_MARKERS = ("token", "password", "secret", "key-data")
-
-
-def kube_connection_secrets(extras: Mapping[str, Any]) -> list[str]:
-    """What of a `kubernetes` connection's extras must never reach a log: an inline kubeconfig as stored
-    (YAML or JSON text, or the dict as the provider writes it out) and every credential inside it.
-
-    Airflow masks extras by key name only, and `kube_config` is not a sensitive name: the token in a
-    kubeconfig given as text would be shown in clear wherever it is logged on its own.
-    """
-    import yaml
-
-    found: list[str] = []
-    for key, value in extras.items():
-        bare = str(key).removeprefix("extra__kubernetes__")
-        if bare == "kube_config" and value:
-            if isinstance(value, str):
-                found.append(value)
-                try:
-                    value = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    continue
-            else:
-                found.append(json.dumps(value))
-            found.extend(_credentials(value))
-        elif isinstance(value, str) and any(marker in bare.lower() for marker in _CREDENTIAL_MARKERS):
-            found.append(value)
-    return [secret for secret in found if secret]
-
-
-def _credentials(node: Any, key: str = "") -> list[str]:
-    if isinstance(node, dict):
-        return [secret for k, v in node.items() for secret in _credentials(v, str(k))]
-    if isinstance(node, list):
-        return [secret for item in node for secret in _credentials(item, key)]
-    if isinstance(node, str) and any(marker in key.lower() for marker in _CREDENTIAL_MARKERS):
-        return [node]
-    return []
 
 
 class KubernetesResourceHook(BaseHook):
@@ -133,7 +58,7 @@ class KubernetesResourceHook(BaseHook):
         namespace: str | None = None,
         *,
         retry: RetryPolicy | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        request_timeout: float = common.DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -147,7 +72,7 @@ class KubernetesResourceHook(BaseHook):
         from airflow.sdk.log import mask_secret
 
         hook = KubernetesHook(conn_id=self.conn_id or config.kubernetes_conn_id())
-        for secret in kube_connection_secrets(hook.conn_extras):
+        for secret in common.kube_connection_secrets(hook.conn_extras):
             mask_secret(secret)
         return hook
 
@@ -177,8 +102,8 @@ class KubernetesResourceHook(BaseHook):
     def _api(self, kind: str) -> tuple[Any, str]:
         from kubernetes import client
 
-        api_name, suffix = _api_name(kind)
-        return getattr(client, api_name)(api_client=self.api_client), suffix
+        api_class, suffix = common.api_name(kind)
+        return getattr(client, api_class)(api_client=self.api_client), suffix
 
     def _call(
         self,
@@ -205,11 +130,11 @@ class KubernetesResourceHook(BaseHook):
         try:
             return call_with_retry(attempt, policy=self.retry, what=what)
         except RetriesExhausted as exhausted:
-            raise _exhausted(what, exhausted) from exhausted.last
+            raise common.exhausted_error(what, exhausted) from exhausted.last
         except ApiException as err:
             if err.status in passthrough:
                 raise
-            raise _refused(what, err) from None
+            raise common.refused_error(what, err) from None
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -217,7 +142,7 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         try:
             data = self._call(
-                _what("GET", kind, self.namespace, name),
+                common.call_name("GET", kind, self.namespace, name),
                 getattr(api, f"read_{suffix}"),
                 name,
                 self.namespace,
@@ -225,7 +150,7 @@ class KubernetesResourceHook(BaseHook):
             )
         except ApiException:
             return None
-        return _json(data)
+        return common.parse_json(data)
 
     def create_or_adopt(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create `body`, or return the object of that name that already exists. Returns (object, created).
@@ -243,9 +168,9 @@ class KubernetesResourceHook(BaseHook):
             return existing, False
         api, suffix = self._api(kind)
         try:
-            created = _json(
+            created = common.parse_json(
                 self._call(
-                    _what("create", kind, self.namespace, name),
+                    common.call_name("create", kind, self.namespace, name),
                     getattr(api, f"create_{suffix}"),
                     self.namespace,
                     body,
@@ -271,9 +196,9 @@ class KubernetesResourceHook(BaseHook):
 
     def patch(self, kind: str, name: str, patch: list[Any] | dict[str, Any]) -> dict[str, Any]:
         api, suffix = self._api(kind)
-        return _json(
+        return common.parse_json(
             self._call(
-                _what("patch", kind, self.namespace, name),
+                common.call_name("patch", kind, self.namespace, name),
                 getattr(api, f"patch_{suffix}"),
                 name,
                 self.namespace,
@@ -289,11 +214,11 @@ class KubernetesResourceHook(BaseHook):
         api, suffix = self._api(kind)
         try:
             self._call(
-                _what("delete", kind, self.namespace, name),
+                common.call_name("delete", kind, self.namespace, name),
                 getattr(api, f"delete_{suffix}"),
                 name,
                 self.namespace,
-                body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
+                body=common.delete_options(propagation),
                 passthrough=(404,),
             )
         except ApiException:
@@ -312,9 +237,9 @@ class KubernetesResourceHook(BaseHook):
 
     def list_pods(self, selector: str) -> list[dict[str, Any]]:
         api, _ = self._api("Pod")
-        body = _json(
+        body = common.parse_json(
             self._call(
-                f"list Pods in {self.namespace} with labels {selector}",
+                common.list_pods_name(self.namespace, selector),
                 api.list_namespaced_pod,
                 self.namespace,
                 label_selector=selector,
@@ -333,7 +258,7 @@ class KubernetesResourceHook(BaseHook):
             kwargs["tail_lines"] = tail_lines
         try:
             data = self._call(
-                _what("read the log of", "Pod", self.namespace, name),
+                common.call_name("read the log of", "Pod", self.namespace, name),
                 api.read_namespaced_pod_log,
                 name,
                 self.namespace,
@@ -344,302 +269,3 @@ class KubernetesResourceHook(BaseHook):
         except ApiException:
             return []
         return data.decode(errors="replace").splitlines()
-
-
-class AsyncKubernetesResourceHook(BaseHook):
-    """The reads and deletes the triggers need, on the triggerer's event loop (AsyncKubernetesHook).
-
-    :param retry: how transient API errors are retried; default `RetryPolicy()` (its waits never block
-        the loop).
-    :param request_timeout: seconds to wait for the answer to each API call.
-    """
-
-    hook_name = "MLPipe Kubernetes resources (async)"
-
-    def __init__(
-        self,
-        conn_id: str,
-        namespace: str,
-        *,
-        retry: RetryPolicy | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-    ) -> None:
-        super().__init__()
-        self.conn_id = conn_id
-        self.namespace = namespace
-        self.retry = retry or RetryPolicy()
-        self.request_timeout = request_timeout
-        self._masked = False
-
-    @cached_property
-    def kube(self) -> AsyncKubernetesHook:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
-
-        return AsyncKubernetesHook(conn_id=self.conn_id)
-
-    async def _mask_connection_secrets(self) -> None:
-        if self._masked:
-            return
-        # amask_secret: the synchronous variant would block the triggerer's loop on its supervisor.
-        from airflow.sdk.log import amask_secret
-
-        for secret in kube_connection_secrets(await self.kube.get_conn_extras()):
-            await amask_secret(secret)
-        self._masked = True
-
-    @asynccontextmanager
-    async def _api(self, kind: str) -> AsyncIterator[tuple[Any, str]]:
-        from kubernetes_asyncio import client
-
-        api_name, suffix = _api_name(kind)
-        await self._mask_connection_secrets()
-        async with self.kube.get_conn() as api_client:
-            # aiohttp silently resends an idempotent request once when its connection breaks (RFC 9112
-            # 9.3.1): switched off, as aiohttp's own test client does, every attempt is one of the policy's.
-            session: Any = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
-            if hasattr(session, "_retry_connection"):
-                session._retry_connection = False
-            yield getattr(client, api_name)(api_client), suffix
-
-    async def _call(
-        self,
-        what: str,
-        fn: Callable[..., Awaitable[Any]],
-        *args: Any,
-        passthrough: tuple[int, ...] = (),
-        **kwargs: Any,
-    ) -> bytes | None:
-        """`fn(*args, **kwargs)` under the retry policy: the response body, or None on 404.
-
-        kubernetes_asyncio raises on an error status only when it decodes the body itself; with
-        `_preload_content=False` the status is ours to check, and an error status is raised as the
-        client's ApiException so that the one classifier judges both clients alike. An ApiException whose
-        status is in `passthrough` is re-raised for the caller; any other failure becomes a
-        KubernetesRuntimeError naming `what`.
-        """
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        async def attempt() -> bytes | None:
-            resp = await fn(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
-            try:
-                if resp.status == 404:
-                    return None
-                # Read inside the attempt: a connection that breaks in the middle of the body is retried.
-                body = bytes(await resp.read())
-                if resp.status >= 400:
-                    err = ApiException(status=resp.status, reason=resp.reason)
-                    err.body, err.headers = body, resp.headers
-                    raise err
-                return body
-            finally:
-                resp.release()
-
-        try:
-            return await call_with_retry_async(attempt, policy=self.retry, what=what)
-        except RetriesExhausted as exhausted:
-            raise _exhausted(what, exhausted) from exhausted.last
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            if err.status in passthrough:
-                raise
-            raise _refused(what, err) from None
-
-    async def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        async with self._api(kind) as (api, suffix):
-            data = await self._call(
-                _what("GET", kind, self.namespace, name), getattr(api, f"read_{suffix}"), name, self.namespace
-            )
-        return None if data is None else _json(data)
-
-    async def list_pods(self, selector: str) -> list[dict[str, Any]]:
-        async with self._api("Pod") as (api, _):
-            data = await self._call(
-                f"list Pods in {self.namespace} with labels {selector}",
-                api.list_namespaced_pod,
-                self.namespace,
-                label_selector=selector,
-            )
-        return [] if data is None else list(_json(data).get("items") or [])
-
-    async def pod_log(
-        self,
-        name: str,
-        *,
-        tail_lines: int | None = None,
-        since_seconds: int | None = None,
-        timestamps: bool = False,
-    ) -> list[str]:
-        """The pod's log lines (the last `tail_lines`, those of the last `since_seconds`, each prefixed with
-        the kubelet's RFC 3339 timestamp and a space with `timestamps`); none when it has no log yet (400:
-        its container is still waiting) or no longer (404). Any other failure (403 without `pods/log`, a
-        server still failing after the retries) is raised as a KubernetesRuntimeError: the caller decides
-        whether it matters."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        kwargs: dict[str, Any] = {"tail_lines": tail_lines} if tail_lines else {}
-        if since_seconds:
-            kwargs["since_seconds"] = since_seconds
-        if timestamps:
-            kwargs["timestamps"] = True
-        async with self._api("Pod") as (api, _):
-            try:
-                data = await self._call(
-                    _what("read the log of", "Pod", self.namespace, name),
-                    api.read_namespaced_pod_log,
-                    name,
-                    self.namespace,
-                    passthrough=(400,),
-                    **kwargs,
-                )
-            except ApiException:
-                return []
-        return [] if data is None else data.decode(errors="replace").splitlines()
-
-    async def delete(self, kind: str, name: str, *, propagation: str = "Foreground") -> bool:
-        async with self._api(kind) as (api, suffix):
-            data = await self._call(
-                _what("delete", kind, self.namespace, name),
-                getattr(api, f"delete_{suffix}"),
-                name,
-                self.namespace,
-                body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
-            )
-        if data is None:
-            return False
-        self.log.info("Deleted %s %s/%s (propagation %s)", kind, self.namespace, name, propagation)
-        return True
-
-
-def _what(verb: str, kind: str, namespace: str, name: str) -> str:
-    return f"{verb} {kind} {namespace}/{name}"
-
-
-def _exhausted(what: str, exhausted: RetriesExhausted) -> KubernetesRuntimeError:
-    """The error of a call whose transient failures outlasted the retry policy (both hooks)."""
-    return KubernetesRuntimeError(
-        f"{what} failed after {exhausted.attempts} attempts: {_describe(exhausted.last)}"
-    )
-
-
-def _refused(what: str, err: Any) -> KubernetesRuntimeError:
-    """The error of a call the API refused for good (both hooks)."""
-    return KubernetesRuntimeError(f"{what} failed: HTTP {err.status} {_api_reason(err)}")
-
-
-def _json(data: bytes) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(data or b"{}")
-    return parsed
-
-
-def _api_reason(err: Any) -> str:
-    """`Reason: message` of an API error, from its Status body when there is one."""
-    try:
-        body = json.loads(err.body or "{}")
-    except (TypeError, ValueError):
-        return str(err.reason or "")
-    if not isinstance(body, dict):
-        return str(err.reason or "")
-    return f"{body.get('reason') or err.reason}: {body.get('message') or ''}".strip(": ")
-
-
-def _describe(err: BaseException) -> str:
-    status = getattr(err, "status", None)
-    if isinstance(status, int) and status > 0 and hasattr(err, "body"):
-        return f"HTTP {status} {_api_reason(err)}"
-    return describe(err)
-
-
-# --- status interpretation (pure) ---------------------------------------------------------------------
-
-
-def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
-
-
-def job_state(job: dict[str, Any]) -> tuple[str, str]:
-    """(state, reason) of a batch/v1 Job: running, succeeded, or failed with the condition's reason."""
-    conditions = _conditions(job)
-    for kind in ("Complete", "SuccessCriteriaMet"):
-        if conditions.get(kind, {}).get("status") == "True":
-            return SUCCEEDED, conditions[kind].get("reason") or "Complete"
-    # FailureTarget precedes Failed (Kubernetes >= 1.31) while pods terminate: the outcome is decided.
-    for kind in ("Failed", "FailureTarget"):
-        cond = conditions.get(kind, {})
-        if cond.get("status") == "True":
-            reason = cond.get("reason") or "Failed"
-            message = cond.get("message") or ""
-            return FAILED, f"{reason}: {message}" if message else reason
-    status = job.get("status") or {}
-    return RUNNING, f"active={status.get('active', 0)} failed={status.get('failed', 0)}"
-
-
-def pod_problems(pods: Iterable[dict[str, Any]]) -> list[str]:
-    """Why containers of these pods ended or cannot start: 'pod/container: reason (exit code N): message'."""
-    problems: list[str] = []
-    for pod in pods:
-        name = (pod.get("metadata") or {}).get("name", "?")
-        status = pod.get("status") or {}
-        if status.get("reason"):  # e.g. Evicted, DeadlineExceeded
-            problems.append(f"{name}: {status['reason']}: {status.get('message', '')}".rstrip(": "))
-        statuses = list(status.get("initContainerStatuses") or []) + list(
-            status.get("containerStatuses") or []
-        )
-        for cs in statuses:
-            state = cs.get("state") or {}
-            last = (cs.get("lastState") or {}).get("terminated")
-            terminated = state.get("terminated") or last
-            waiting = state.get("waiting")
-            if terminated and (terminated.get("exitCode") or 0) != 0:
-                problems.append(
-                    f"{name}/{cs.get('name')}: {terminated.get('reason', 'Error')} "
-                    f"(exit code {terminated.get('exitCode')})"
-                    + (f": {terminated['message']}" if terminated.get("message") else "")
-                )
-            elif waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-                problems.append(
-                    f"{name}/{cs.get('name')}: {waiting['reason']}"
-                    + (f": {waiting['message']}" if waiting.get("message") else "")
-                )
-    return problems
-
-
-def newest_pod(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    ordered = sorted(
-        pods, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", p["metadata"]["name"])
-    )
-    return ordered[-1] if ordered else None
-
-
-def rollout_state(deployment: dict[str, Any], min_generation: int = 0) -> tuple[str, str]:
-    """(state, message) of a Deployment rollout, the way `kubectl rollout status` decides it."""
-    meta = deployment.get("metadata") or {}
-    spec = deployment.get("spec") or {}
-    status = deployment.get("status") or {}
-    wanted = int(spec.get("replicas", 1))
-    generation = max(int(meta.get("generation") or 0), min_generation)
-    observed = int(status.get("observedGeneration") or 0)
-    if observed < generation:
-        return PROGRESSING, f"waiting for the controller to observe generation {generation} (at {observed})"
-    progressing = _conditions(deployment).get("Progressing", {})
-    if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return FAILED, f"ProgressDeadlineExceeded: {progressing.get('message', '')}".rstrip(": ")
-    updated = int(status.get("updatedReplicas") or 0)
-    total = int(status.get("replicas") or 0)
-    available = int(status.get("availableReplicas") or 0)
-    if updated >= wanted and total == updated and available >= wanted:
-        return AVAILABLE, f"{available}/{wanted} replicas of generation {observed} available"
-    return PROGRESSING, f"{updated}/{wanted} updated, {available} available, {max(total - updated, 0)} old"
-
-
-def service_address(service: dict[str, Any]) -> str | None:
-    """External IP or hostname of a LoadBalancer Service, once the cloud assigned one."""
-    for ingress in ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
-        address = ingress.get("ip") or ingress.get("hostname")
-        if address:
-            return str(address)
-    return None
-
-
-def selector_string(labels: dict[str, str]) -> str:
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))

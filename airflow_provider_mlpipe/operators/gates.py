@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseBranchOperator
 
 from airflow_provider_mlpipe.exceptions import ConfigError
-from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
+from airflow_provider_mlpipe.operators.base import StoreOperator, merged_template_fields
 from airflow_provider_mlpipe.validation import check_fraction
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def decide(
     )
 
 
-class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
+class AccuracyGateOperator(StoreOperator, BaseBranchOperator):
     """Follow `pass_task_id` if the candidate is good enough, else `fail_task_id`.
 
     The decision (with its reason and the production version, alias generation and accuracy it was compared
@@ -47,14 +47,14 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseBranchOperator.template_fields,
-        "metrics",
-        "min_accuracy",
-        "max_regression",
-        "model_name",
-        "model_store",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        StoreOperator,
+        BaseBranchOperator,
+        own=(
+            "metrics",
+            "min_accuracy",
+            "max_regression",
+        ),
     )
 
     def __init__(
@@ -65,10 +65,6 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         max_regression: float | str = 0.0,
         pass_task_id: str,
         fail_task_id: str,
-        model_name: str = "fashion_mnist",
-        model_store: str | None = None,
-        oss_conn_id: str = "oss_default",
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,10 +73,6 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         self.max_regression = max_regression
         self.pass_task_id = pass_task_id
         self.fail_task_id = fail_task_id
-        self.model_name = model_name
-        self.model_store = model_store
-        self.oss_conn_id = oss_conn_id
-        self.transient_retry = transient_retry
 
     def choose_branch(self, context: Context) -> str | Iterable[str]:
         if not isinstance(self.metrics, dict) or not isinstance(self.metrics.get("accuracy"), (int, float)):

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, MlpipeError
 from airflow_provider_mlpipe.modelstore.store import ALIASES, Expect
-from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
+from airflow_provider_mlpipe.operators.base import StoreOperator, merged_template_fields
 from airflow_provider_mlpipe.runs import run_key
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ def _version(value: object) -> int:
         raise ConfigError("version", value, "an integer model version") from None
 
 
-class ModelAliasOperator(StoreHookMixin, BaseOperator):
+class ModelAliasOperator(StoreOperator):
     """Point alias `alias` (`staging` or `previous`) of `model_name` at `version`, recording this run and
     `reason` in the alias' history (the DAG does it once a version serves on staging).
 
@@ -50,14 +49,13 @@ class ModelAliasOperator(StoreHookMixin, BaseOperator):
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseOperator.template_fields,
-        "alias",
-        "model_name",
-        "version",
-        "model_store",
-        "reason",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        StoreOperator,
+        own=(
+            "alias",
+            "version",
+            "reason",
+        ),
     )
 
     def __init__(
@@ -65,12 +63,8 @@ class ModelAliasOperator(StoreHookMixin, BaseOperator):
         *,
         alias: str,
         version: int | str | Any,
-        model_name: str = "fashion_mnist",
-        model_store: str | None = None,
         reason: str = "",
         conflict_attempts: int = 5,
-        oss_conn_id: str = "oss_default",
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,12 +72,8 @@ class ModelAliasOperator(StoreHookMixin, BaseOperator):
             raise ConfigError("conflict_attempts", conflict_attempts, "an integer >= 1")
         self.alias = alias
         self.version = version
-        self.model_name = model_name
-        self.model_store = model_store
         self.reason = reason
         self.conflict_attempts = conflict_attempts
-        self.oss_conn_id = oss_conn_id
-        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.alias not in SETTABLE_ALIASES:
@@ -146,7 +136,7 @@ def _expected_generation(expected_production: object) -> int | None:
     return generation
 
 
-class ModelPromoteOperator(StoreHookMixin, BaseOperator):
+class ModelPromoteOperator(StoreOperator):
     """Point the store's `production` alias at `version` (compare-and-swap; the old one becomes `previous`).
 
     XCom: the new alias record (version, run, approver, accuracy, time).
@@ -161,42 +151,33 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseOperator.template_fields,
-        "model_name",
-        "version",
-        "model_store",
-        "approval",
-        "evaluation",
-        "training",
-        "expected_production",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        StoreOperator,
+        own=(
+            "version",
+            "approval",
+            "evaluation",
+            "training",
+            "expected_production",
+        ),
     )
 
     def __init__(
         self,
         *,
         version: int | str | Any,
-        model_name: str = "fashion_mnist",
-        model_store: str | None = None,
         approval: dict[str, Any] | Any = None,
         evaluation: dict[str, Any] | Any = None,
         training: dict[str, Any] | Any = None,
         expected_production: dict[str, Any] | Any = None,
-        oss_conn_id: str = "oss_default",
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.version = version
-        self.model_name = model_name
-        self.model_store = model_store
         self.approval = approval
         self.evaluation = evaluation
         self.training = training
         self.expected_production = expected_production
-        self.oss_conn_id = oss_conn_id
-        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         version = _version(self.version)
@@ -258,7 +239,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         return record
 
 
-class ModelRollbackOperator(StoreHookMixin, BaseOperator):
+class ModelRollbackOperator(StoreOperator):
     """Move the store's `production` alias back to the version it pointed at before its current one (the one
     rolled away from becomes `previous`), recording this run, who triggered it and `reason`.
 
@@ -271,30 +252,19 @@ class ModelRollbackOperator(StoreHookMixin, BaseOperator):
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseOperator.template_fields,
-        "model_name",
-        "model_store",
-        "reason",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        StoreOperator,
+        own=("reason",),
     )
 
     def __init__(
         self,
         *,
         reason: str,
-        model_name: str = "fashion_mnist",
-        model_store: str | None = None,
-        oss_conn_id: str = "oss_default",
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.reason = reason
-        self.model_name = model_name
-        self.model_store = model_store
-        self.oss_conn_id = oss_conn_id
-        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         if not str(self.reason or "").strip():
@@ -336,7 +306,7 @@ class ModelRollbackOperator(StoreHookMixin, BaseOperator):
         return result
 
 
-class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
+class PipelineOutcomeOperator(StoreOperator):
     """Last task of a run (trigger rule all_done): say and record how the run ended.
 
     Writes an event under the model in the store (promoted, rejected by the gate, rejected by a person,
@@ -346,35 +316,25 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseOperator.template_fields,
-        "model_name",
-        "model_store",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        StoreOperator,
+        own=(),
     )
 
     def __init__(
         self,
         *,
-        model_name: str = "fashion_mnist",
-        model_store: str | None = None,
         train_task_id: str = "train",
         gate_task_id: str = "accuracy_gate",
         approval_task_id: str = "approval",
         promote_task_id: str = "promote_model",
-        oss_conn_id: str = "oss_default",
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.model_name = model_name
-        self.model_store = model_store
         self.train_task_id = train_task_id
         self.gate_task_id = gate_task_id
         self.approval_task_id = approval_task_id
         self.promote_task_id = promote_task_id
-        self.oss_conn_id = oss_conn_id
-        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]

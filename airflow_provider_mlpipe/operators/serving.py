@@ -18,14 +18,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
 from airflow_provider_mlpipe.hooks.local_process import RUNNING
 from airflow_provider_mlpipe.modelstore.store import check_model_name
-from airflow_provider_mlpipe.operators._hooks import RuntimeHooksMixin, StoreHookMixin
+from airflow_provider_mlpipe.operators.base import RuntimeOperator, StoreOperator, merged_template_fields
 from airflow_provider_mlpipe.runs import push_keys, run_key
 from airflow_provider_mlpipe.triggers.kubernetes_serving import KubernetesServingTrigger
 from airflow_provider_mlpipe.triggers.serving import ServingReadyTrigger
@@ -56,7 +55,7 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
+class ServingDeployOperator(StoreOperator, RuntimeOperator):
     """Serve `version` of `model_name` at `endpoint`; XCom: endpoint URL, version served, version replaced.
 
     :param endpoint: `staging` or `production`.
@@ -80,16 +79,15 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         KubeTrainJobOperator; the trigger gets it too.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseOperator.template_fields,
-        "endpoint",
-        "model_name",
-        "version",
-        "runtime",
-        "model_store",
-        "replicas",
-        "service_annotations",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        StoreOperator,
+        RuntimeOperator,
+        own=(
+            "endpoint",
+            "version",
+            "replicas",
+            "service_annotations",
+        ),
     )
     ui_color = "#d5f5e3"
 
@@ -97,13 +95,10 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         self,
         *,
         endpoint: str,
-        model_name: str = "fashion_mnist",
         version: int | str | XComArg | None = None,
         from_alias: str | None = None,
         teardown_if_unresolved: bool = False,
         skip_unless_ran: str | None = None,
-        runtime: str = "local",
-        model_store: str | None = None,
         port: int | None = None,
         ready_timeout: timedelta = timedelta(minutes=10),
         poll_interval: float = 1.0,
@@ -112,21 +107,14 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         memory: str = "1Gi",
         service_type: str | None = None,
         service_annotations: dict[str, str] | None = None,
-        kubernetes_conn_id: str | None = None,
-        namespace: str | None = None,
-        oss_conn_id: str = "oss_default",
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.endpoint = endpoint
-        self.model_name = model_name
         self.version = version
         self.from_alias = from_alias
         self.teardown_if_unresolved = teardown_if_unresolved
         self.skip_unless_ran = skip_unless_ran
-        self.runtime = runtime
-        self.model_store = model_store
         self.port = port
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
@@ -135,10 +123,6 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         self.memory = memory
         self.service_type = service_type
         self.service_annotations = service_annotations or {}
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.namespace = namespace
-        self.oss_conn_id = oss_conn_id
-        self.transient_retry = transient_retry
         if version is None and from_alias is None:
             raise ConfigError("version", version, "a model version, or from_alias to resolve one")
 
@@ -407,18 +391,15 @@ def _int_or_none(value: object) -> int | None:
         return None
 
 
-class ServingTeardownOperator(RuntimeHooksMixin, BaseOperator):
+class ServingTeardownOperator(RuntimeOperator):
     """Stop an endpoint and remove what the runtime created for it. Idempotent.
 
     :param transient_retry: in-task retries of transient Kubernetes API errors, as for KubeTrainJobOperator.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseOperator.template_fields,
-        "endpoint",
-        "model_name",
-        "runtime",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        RuntimeOperator,
+        own=("endpoint",),
     )
     ui_color = "#fadbd8"
 
@@ -426,20 +407,10 @@ class ServingTeardownOperator(RuntimeHooksMixin, BaseOperator):
         self,
         *,
         endpoint: str,
-        model_name: str = "fashion_mnist",
-        runtime: str = "local",
-        kubernetes_conn_id: str | None = None,
-        namespace: str | None = None,
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.endpoint = endpoint
-        self.model_name = model_name
-        self.runtime = runtime
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.namespace = namespace
-        self.transient_retry = transient_retry
 
     def execute(self, context: Context) -> dict[str, Any]:
         config.check_runtime(self.runtime)

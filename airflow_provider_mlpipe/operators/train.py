@@ -17,16 +17,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
 from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, TrainingError
-from airflow_provider_mlpipe.hooks.kubernetes import FAILED as JOB_FAILED
-from airflow_provider_mlpipe.hooks.kubernetes import SUCCEEDED as JOB_SUCCEEDED
-from airflow_provider_mlpipe.hooks.kubernetes import job_state
+from airflow_provider_mlpipe.hooks.kubernetes_status import FAILED as JOB_FAILED
+from airflow_provider_mlpipe.hooks.kubernetes_status import SUCCEEDED as JOB_SUCCEEDED
+from airflow_provider_mlpipe.hooks.kubernetes_status import job_state
 from airflow_provider_mlpipe.hooks.local_process import SUCCEEDED
 from airflow_provider_mlpipe.modelstore.store import check_model_name
-from airflow_provider_mlpipe.operators._hooks import RuntimeHooksMixin, StoreHookMixin
+from airflow_provider_mlpipe.operators.base import RuntimeOperator, StoreOperator, merged_template_fields
 from airflow_provider_mlpipe.runs import push_keys, run_key
 from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
 from airflow_provider_mlpipe.triggers.local_process import LocalProcessTrigger
@@ -38,7 +36,7 @@ if TYPE_CHECKING:
 TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
 
 
-class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
+class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
     """Train `model_name` from `image`; XCom: model URI, version and metrics.
 
     :param image: the pushed training image (reference, shown in the manifest; on Kubernetes: run).
@@ -66,21 +64,20 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         (The DAG passes its `retry_policy` Param; Airflow's own `retry_policy` argument is another thing.)
     """
 
-    template_fields: Sequence[str] = (
-        *BaseOperator.template_fields,
-        "image",
-        "digest",
-        "model_name",
-        "runtime",
-        "model_store",
-        "dataset",
-        "hyperparameters",
-        "gpus",
-        "cpu",
-        "memory",
-        "node_selector",
-        "tolerations",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        StoreOperator,
+        RuntimeOperator,
+        own=(
+            "image",
+            "digest",
+            "dataset",
+            "hyperparameters",
+            "gpus",
+            "cpu",
+            "memory",
+            "node_selector",
+            "tolerations",
+        ),
     )
     ui_color = "#d6eaf8"
 
@@ -89,9 +86,6 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         *,
         image: str,
         digest: str = "",
-        model_name: str = "fashion_mnist",
-        runtime: str = "local",
-        model_store: str | None = None,
         dataset: str | None = None,
         hyperparameters: dict[str, Any] | None = None,
         training_timeout: timedelta = timedelta(hours=6),
@@ -103,18 +97,11 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         tolerations: list[dict[str, Any]] | None = None,
         backoff_limit: int = 1,
         ttl_seconds_after_finished: int = 24 * 3600,
-        kubernetes_conn_id: str | None = None,
-        namespace: str | None = None,
-        oss_conn_id: str = "oss_default",
-        transient_retry: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.image = image
         self.digest = digest
-        self.model_name = model_name
-        self.runtime = runtime
-        self.model_store = model_store
         self.dataset = dataset
         self.hyperparameters = hyperparameters or {}
         if training_timeout.total_seconds() <= 0:
@@ -130,10 +117,6 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
             raise ConfigError("backoff_limit", backoff_limit, "an integer >= 0")
         self.backoff_limit = backoff_limit
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.namespace = namespace
-        self.oss_conn_id = oss_conn_id
-        self.transient_retry = transient_retry
 
     def _process_name(self, version: int) -> str:
         return f"train-{self.model_name.replace('_', '-')}-v{version}"

@@ -10,7 +10,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
 from airflow_provider_mlpipe.hooks.serving import ServingHook
-from airflow_provider_mlpipe.operators._hooks import RetryPolicyMixin
+from airflow_provider_mlpipe.operators.base import MlpipeOperator, merged_template_fields
 from airflow_provider_mlpipe.validation import check_fraction
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def _endpoint_url(endpoint: object) -> str:
     return url
 
 
-class AccuracySensor(RetryPolicyMixin, BaseSensorOperator):
+class AccuracySensor(MlpipeOperator, BaseSensorOperator):
     """Wait until `endpoint_url` serves `version`, then measure accuracy on the test set.
 
     While the server loads the model the sensor keeps poking; an endpoint that does not answer at all
@@ -46,16 +46,17 @@ class AccuracySensor(RetryPolicyMixin, BaseSensorOperator):
         {"attempts": 8, "base_delay": 0.5, "max_delay": 60}; None: `RetryPolicy()`.
     """
 
-    template_fields: Sequence[str] = (
-        *BaseSensorOperator.template_fields,
-        "endpoint_url",
-        "model_name",
-        "version",
-        "dataset",
-        "sample_size",
-        "min_accuracy",
-        "baseline_accuracy",
-        "transient_retry",
+    template_fields: Sequence[str] = merged_template_fields(
+        MlpipeOperator,
+        BaseSensorOperator,
+        own=(
+            "endpoint_url",
+            "version",
+            "dataset",
+            "sample_size",
+            "min_accuracy",
+            "baseline_accuracy",
+        ),
     )
     ui_color = "#fcf3cf"
 
@@ -63,7 +64,6 @@ class AccuracySensor(RetryPolicyMixin, BaseSensorOperator):
         self,
         *,
         endpoint_url: str | dict[str, Any] | XComArg,
-        model_name: str = "fashion_mnist",
         version: int | str | XComArg | None = None,
         dataset: str | None = None,
         sample_size: int | str = 0,
@@ -71,7 +71,6 @@ class AccuracySensor(RetryPolicyMixin, BaseSensorOperator):
         min_accuracy: float | str | None = None,
         baseline_accuracy: float | str | XComArg | None = None,
         tolerance: float = 0.05,
-        transient_retry: dict[str, Any] | str | None = None,
         poke_interval: float = 5.0,
         timeout: float = timedelta(minutes=15).total_seconds(),
         mode: str = "reschedule",
@@ -79,7 +78,6 @@ class AccuracySensor(RetryPolicyMixin, BaseSensorOperator):
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, mode=mode, **kwargs)
         self.endpoint_url = endpoint_url
-        self.model_name = model_name
         self.version = version
         self.dataset = dataset
         self.sample_size = sample_size
@@ -89,7 +87,6 @@ class AccuracySensor(RetryPolicyMixin, BaseSensorOperator):
         self.min_accuracy = min_accuracy
         self.baseline_accuracy = baseline_accuracy
         self.tolerance = tolerance
-        self.transient_retry = transient_retry
 
     def _test_set(self) -> tuple[np.ndarray, np.ndarray]:
         import numpy as np

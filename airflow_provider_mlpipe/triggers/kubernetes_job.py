@@ -13,10 +13,10 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError
-from airflow_provider_mlpipe.hooks.kubernetes import (
+from airflow_provider_mlpipe.hooks.kubernetes_async import AsyncKubernetesResourceHook
+from airflow_provider_mlpipe.hooks.kubernetes_status import (
     FAILED,
     SUCCEEDED,
-    AsyncKubernetesResourceHook,
     job_state,
     newest_pod,
     pod_problems,

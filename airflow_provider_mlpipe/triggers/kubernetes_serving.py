@@ -10,10 +10,10 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError
-from airflow_provider_mlpipe.hooks.kubernetes import (
+from airflow_provider_mlpipe.hooks.kubernetes_async import AsyncKubernetesResourceHook
+from airflow_provider_mlpipe.hooks.kubernetes_status import (
     AVAILABLE,
     FAILED,
-    AsyncKubernetesResourceHook,
     pod_problems,
     rollout_state,
     selector_string,

@@ -137,10 +137,10 @@ def test_the_strict_validator_does_reject_an_unknown_field() -> None:
 
 
 # Every Kubernetes API call the runtime makes, as RBAC names it: (apiGroup, resource, verb) -> the calls.
-# From the hooks' methods (airflow_provider_mlpipe/hooks/kubernetes.py) and their callers in operators/ and
-# triggers/. The provider's KubernetesHook / AsyncKubernetesHook only load the connection and build the
-# clients here: they make no API call of their own. The sync hook's list_pods / pod_log and get("Pod") have
-# no caller, so they need no verb.
+# From the hooks' methods (airflow_provider_mlpipe/hooks/kubernetes.py, kubernetes_async.py) and their
+# callers in operators/ and triggers/. The provider's KubernetesHook / AsyncKubernetesHook only load the
+# connection and build the clients here: they make no API call of their own. The sync hook's list_pods /
+# pod_log and get("Pod") have no caller, so they need no verb.
 API_CALLS: dict[tuple[str, str, str], list[str]] = {
     ("batch", "jobs", "get"): [
         "KubeTrainJobOperator._execute_kubernetes: hook.get('Job') (a Job failed in an earlier try?)",

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError, TrainingError
-from airflow_provider_mlpipe.hooks.kubernetes import AsyncKubernetesResourceHook, KubernetesResourceHook
+from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
+from airflow_provider_mlpipe.hooks.kubernetes_async import AsyncKubernetesResourceHook
 from airflow_provider_mlpipe.modelstore import open_store
 from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
 from airflow_provider_mlpipe.retries import RetryPolicy

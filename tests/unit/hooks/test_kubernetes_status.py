@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_mlpipe.hooks.kubernetes import (
+from airflow_provider_mlpipe.hooks.kubernetes_status import (
     AVAILABLE,
     FAILED,
     PROGRESSING,

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_mlpipe.hooks.kubernetes import (
-    AsyncKubernetesResourceHook,
-    KubernetesResourceHook,
-    kube_connection_secrets,
-)
+from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
+from airflow_provider_mlpipe.hooks.kubernetes_async import AsyncKubernetesResourceHook
+from airflow_provider_mlpipe.hooks.kubernetes_common import kube_connection_secrets
 from airflow_provider_mlpipe.hooks.local_process import SUCCEEDED, LocalProcessHook
 from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
 from tests.kubernetes_emulator import NAMESPACE, EmulatedCluster, emulated_cluster
