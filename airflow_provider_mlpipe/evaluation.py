@@ -167,6 +167,8 @@ def write_evaluation_data(
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+        # mkstemp creates it 0600; the file is meant to be shared (uploaded, read by Airflow's workers).
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

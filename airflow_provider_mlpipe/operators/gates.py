@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseBranchOperator
 
+from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
 from airflow_provider_mlpipe.exceptions import ConfigError
 from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
 from airflow_provider_mlpipe.validation import check_fraction
@@ -65,7 +66,7 @@ class AccuracyGateOperator(StoreHookMixin, BaseBranchOperator):
         max_regression: float | str = 0.0,
         pass_task_id: str,
         fail_task_id: str,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         model_store: str | None = None,
         oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,

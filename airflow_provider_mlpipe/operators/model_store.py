@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, MlpipeError
 from airflow_provider_mlpipe.modelstore.store import ALIASES, Expect
 from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
@@ -65,7 +66,7 @@ class ModelAliasOperator(StoreHookMixin, BaseOperator):
         *,
         alias: str,
         version: int | str | Any,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         model_store: str | None = None,
         reason: str = "",
         conflict_attempts: int = 5,
@@ -177,7 +178,7 @@ class ModelPromoteOperator(StoreHookMixin, BaseOperator):
         self,
         *,
         version: int | str | Any,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         model_store: str | None = None,
         approval: dict[str, Any] | Any = None,
         evaluation: dict[str, Any] | Any = None,
@@ -283,7 +284,7 @@ class ModelRollbackOperator(StoreHookMixin, BaseOperator):
         self,
         *,
         reason: str,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         model_store: str | None = None,
         oss_conn_id: str = "oss_default",
         transient_retry: dict[str, Any] | str | None = None,
@@ -356,7 +357,7 @@ class PipelineOutcomeOperator(StoreHookMixin, BaseOperator):
     def __init__(
         self,
         *,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         model_store: str | None = None,
         train_task_id: str = "train",
         gate_task_id: str = "accuracy_gate",

@@ -22,6 +22,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_mlpipe import config, manifests
+from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
 from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
 from airflow_provider_mlpipe.hooks.local_process import RUNNING
 from airflow_provider_mlpipe.modelstore.store import check_model_name
@@ -97,7 +98,7 @@ class ServingDeployOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         self,
         *,
         endpoint: str,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         version: int | str | XComArg | None = None,
         from_alias: str | None = None,
         teardown_if_unresolved: bool = False,
@@ -426,7 +427,7 @@ class ServingTeardownOperator(RuntimeHooksMixin, BaseOperator):
         self,
         *,
         endpoint: str,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         runtime: str = "local",
         kubernetes_conn_id: str | None = None,
         namespace: str | None = None,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_mlpipe import config, manifests
+from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
 from airflow_provider_mlpipe.exceptions import ConfigError, TrainingError
 from airflow_provider_mlpipe.hooks.kubernetes import FAILED as JOB_FAILED
 from airflow_provider_mlpipe.hooks.kubernetes import SUCCEEDED as JOB_SUCCEEDED
@@ -46,7 +47,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
     :param model_name: model name in the store (lowercase, digits, `-`, `_`).
     :param runtime: `local` (default) or `kubernetes`.
     :param model_store: store URI; default `[mlpipe] model_store`.
-    :param dataset: dataset location (directory with the four Fashion-MNIST files, `file://`, `oss://`);
+    :param dataset: the trainer's dataset location (a directory, `file://` or `oss://`);
         empty: the trainer's default (`MLPIPE_DATASET_DIR`, the shared copy, else Keras' download).
     :param hyperparameters: epochs, batch_size, learning_rate, seed, threads, train_limit, test_limit.
     :param training_timeout: longest the training may run before it is stopped and the task fails.
@@ -89,7 +90,7 @@ class KubeTrainJobOperator(StoreHookMixin, RuntimeHooksMixin, BaseOperator):
         *,
         image: str,
         digest: str = "",
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         runtime: str = "local",
         model_store: str | None = None,
         dataset: str | None = None,

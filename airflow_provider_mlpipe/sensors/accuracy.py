@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
 from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError, ServingError, StoreNotFound
 from airflow_provider_mlpipe.hooks.serving import ServingHook
 from airflow_provider_mlpipe.operators._hooks import StoreHookMixin
@@ -78,7 +79,7 @@ class AccuracySensor(StoreHookMixin, BaseSensorOperator):
         self,
         *,
         endpoint_url: str | dict[str, Any] | XComArg,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         version: int | str | XComArg | None = None,
         dataset: str | None = None,
         evaluation_data: str | None = None,

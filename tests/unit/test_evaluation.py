@@ -61,6 +61,7 @@ def test_round_trip_keeps_every_array_and_dtype(
         assert data.class_names == names
         assert len(data) == len(labels)
     assert not [p for p in path.parent.iterdir() if p.name != "eval.npz"]  # no temporary file left
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_num_classes_from_names_else_from_labels() -> None:
