@@ -1,4 +1,4 @@
-"""The run params of the `mlpipe_fashion_mnist` pipeline, each defined once.
+"""The run params of the shipped pipeline (`PIPELINE_DAG_ID`), each defined once.
 
 Every layer that checks a run's input derives from this module: the DAG's Params (the JSON schemas the
 REST API, `airflow dags trigger` and the UI's trigger form validate a conf against), `validation` (the
@@ -17,10 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_mlpipe.demo import pipeline as _pipeline
 from airflow_provider_mlpipe.exceptions import ConfigError, UnknownParamError
 from airflow_provider_mlpipe.retries import MAX_ATTEMPTS, MAX_BASE_DELAY, MAX_MAX_DELAY, RetryPolicy
 
-PIPELINE_DAG_ID = "mlpipe_fashion_mnist"
+PIPELINE_DAG_ID = _pipeline.PIPELINE_DAG_ID
 RUNTIMES = ("local", "kubernetes")
 
 # Python's `$` also matches before a trailing newline, ECMA-262's (the JSON Schema dialect, and the UI's
@@ -171,7 +172,7 @@ RUN_PARAMS: dict[str, RunParam] = {
     "model_name": RunParam(
         {"type": "string", "pattern": schema_pattern(MODEL_NAME_PATTERN)},
         "Model name in the store",
-        default="fashion_mnist",
+        default=_pipeline.MODEL_NAME,
     ),
     "model_store": RunParam({"type": "string"}, "Model store URI; empty: [mlpipe] model_store", default=""),
     "dataset": RunParam(

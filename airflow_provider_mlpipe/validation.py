@@ -112,7 +112,7 @@ def check_run_params(params: Mapping[str, Any], conf: Mapping[str, Any] | None =
     Airflow accepts a conf key that no param defines, so this is where such a key is refused.
     """
     from airflow_provider_mlpipe import config
-    from airflow_provider_mlpipe.datasets.fashion_mnist import check_dataset_dir
+    from airflow_provider_mlpipe.datasets import check_dataset_dir
     from airflow_provider_mlpipe.modelstore.store import check_model_name
 
     given = dict(conf or {})

@@ -33,6 +33,9 @@ MODEL = "{{ params.model_name }}"
 RUNTIME = "{{ params.runtime }}"
 STORE = "{{ params.model_store or None }}"
 DATASET = "{{ params.dataset or None }}"
+# The Fashion-MNIST test split of the run's dataset (empty: MLPIPE_DATASET_DIR, the shared copy, or Keras'
+# download), read as evaluation data (airflow_provider_mlpipe.datasets.load_evaluation_source).
+EVALUATION_DATA = "fashion-mnist:{{ params.dataset }}"
 
 # Generated from the one definition of each run param (airflow_provider_mlpipe.params), which the
 # first task, the webhook's routes and the trainer's command line check against too.
@@ -112,7 +115,8 @@ with DAG(
         endpoint_url=XComArg(deploy_staging, key="url"),
         model_name=MODEL,
         version=XComArg(train, key="version"),
-        dataset=DATASET,
+        evaluation_data=EVALUATION_DATA,
+        model_store=STORE,
         sample_size="{{ params.evaluation_sample }}",
     )
     accuracy_gate = AccuracyGateOperator(
@@ -155,7 +159,8 @@ with DAG(
         endpoint_url=XComArg(deploy_production, key="url"),
         model_name=MODEL,
         version=XComArg(train, key="version"),
-        dataset=DATASET,
+        evaluation_data=EVALUATION_DATA,
+        model_store=STORE,
         sample_size="{{ params.verify_sample }}",
         baseline_accuracy=XComArg(evaluate_staging, key="accuracy"),
         tolerance=0.05,

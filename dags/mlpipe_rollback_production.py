@@ -86,7 +86,9 @@ with DAG(
         endpoint_url=XComArg(deploy_production, key="url"),
         model_name=MODEL,
         version=XComArg(rollback, key="version"),
-        dataset="{{ params.dataset or None }}",
+        # The Fashion-MNIST test split of the dataset the pipeline trains on (see mlpipe_fashion_mnist).
+        evaluation_data="fashion-mnist:{{ params.dataset }}",
+        model_store=STORE,
         sample_size="{{ params.verify_sample }}",
         retries=1,
     )

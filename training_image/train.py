@@ -497,6 +497,8 @@ def train_and_publish(config: TrainConfig) -> int:
                 "per_class_accuracy": metrics["per_class_accuracy"],
                 "training_seconds": training_seconds,
             },
+            # What output i means, for anyone scoring this version (the AccuracySensor, the approval).
+            "class_names": list(CLASS_NAMES),
             "signature": {
                 "key": "serving_default",
                 "inputs": {"images": {"dtype": "float32", "shape": [None, *IMAGE_SHAPE]}},

@@ -25,10 +25,12 @@ from airflow_provider_mlpipe.datasets.fashion_mnist import (
     load_split,
     resolve_location,
 )
+from airflow_provider_mlpipe.datasets.sources import FASHION_MNIST_SOURCE, load_evaluation_source
 
 __all__ = [
     "CLASS_NAMES",
     "DATASET_DIR_ENV",
+    "FASHION_MNIST_SOURCE",
     "FILES",
     "IMAGE_SHAPE",
     "KERAS_DOWNLOAD",
@@ -45,6 +47,7 @@ __all__ = [
     "dataset_checksum",
     "default_dataset_dir",
     "file_md5",
+    "load_evaluation_source",
     "load_fashion_mnist",
     "load_split",
     "resolve_location",

@@ -14,13 +14,16 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import numpy.typing as npt
 
 from airflow_provider_mlpipe.exceptions import DatasetError
+
+if TYPE_CHECKING:
+    from airflow_provider_mlpipe.evaluation import EvaluationData
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -369,3 +372,28 @@ def load_fashion_mnist(
         checksum=dataset_checksum(directory),
         source=location,
     )
+
+
+def evaluation_data(location: str | None = None) -> EvaluationData:
+    """The test split (10,000 images, ``[N, 28, 28]`` uint8) as evaluation data, with the class names.
+
+    ``location`` as for `load_split`; empty: `default_dataset_dir()`, else Keras' download.
+    """
+    from airflow_provider_mlpipe.evaluation import validate
+
+    location = location or default_dataset_dir()
+    if location:
+        images, labels = load_split(location, "test")
+        source = f"{location} ({TEST_IMAGES}, {TEST_LABELS})"
+    else:
+        data = load_fashion_mnist(None)
+        images, labels, source = data.x_test, data.y_test, KERAS_DOWNLOAD
+    return validate(images, labels, np.asarray(CLASS_NAMES), source=source)
+
+
+def write_test_split_npz(location: str | None, path: str | Path) -> Path:
+    """Write the test split as an evaluation-data ``.npz`` (the format any model's evaluation uses)."""
+    from airflow_provider_mlpipe.evaluation import write_evaluation_data
+
+    data = evaluation_data(location)
+    return write_evaluation_data(path, data.inputs, data.labels, data.class_names)

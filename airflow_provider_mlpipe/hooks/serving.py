@@ -18,6 +18,8 @@ from airflow_provider_mlpipe.retries import RetryPolicy, call_with_retry
 if TYPE_CHECKING:
     import numpy as np
 
+    from airflow_provider_mlpipe.serving_signature import SignatureInfo
+
 
 class ServingHook(BaseHook):
     """Talks to one endpoint (`url`, e.g. http://127.0.0.1:8501) serving `model_name`.
@@ -109,6 +111,18 @@ class ServingHook(BaseHook):
             raise
         return sorted(int(s["version"]) for s in status if s.get("state") == "AVAILABLE")
 
+    def metadata(self, version: int | None = None) -> dict[str, Any]:
+        """The model's metadata (TF Serving's GetModelMetadataResponse as JSON: signatures, dtypes, shapes)."""
+        path = f"/v1/models/{self.model_name}" + (f"/versions/{version}" if version else "") + "/metadata"
+        return self._request("GET", path)
+
+    def signature(self, version: int | None = None, key: str = "serving_default") -> SignatureInfo:
+        """Signature `key` of the served model: its inputs and outputs with their dtypes and shapes."""
+        from airflow_provider_mlpipe.serving_signature import parse_metadata
+
+        where = f"{self.model_name} v{version if version else '(latest)'} at {self.url}"
+        return parse_metadata(self.metadata(version), signature=key, where=where)
+
     def predict(self, instances: list[Any], *, version: int | None = None) -> list[Any]:
         path = f"/v1/models/{self.model_name}" + (f"/versions/{version}" if version else "") + ":predict"
         body = self._request("POST", path, {"signature_name": "serving_default", "instances": instances})
@@ -127,9 +141,16 @@ class ServingHook(BaseHook):
         *,
         version: int | None = None,
         batch_size: int = 500,
-        num_classes: int = 10,
+        num_classes: int | None = None,
+        output: str | None = None,
     ) -> dict[str, Any]:
-        """Accuracy, per-class accuracy and confusion matrix of the endpoint on (images, labels)."""
+        """Accuracy, per-class accuracy and confusion matrix of the endpoint on (inputs, labels).
+
+        `images` are the model's inputs, examples on the first axis, already in the form the model takes
+        (`serving_signature.prepare_instances`). `num_classes` is K, the width of the scores each example
+        gets; None: the width the endpoint answers with. `output` names the output that holds the scores
+        when the model has several.
+        """
         import numpy as np
 
         if len(images) == 0:
@@ -137,37 +158,64 @@ class ServingHook(BaseHook):
         started = time.monotonic()
 
         def score(start: int) -> np.ndarray:
-            # Raw integer pixels: the model scales them itself, and integers keep the JSON small.
             rows = self.predict(images[start : start + batch_size].tolist(), version=version)
+            if rows and isinstance(rows[0], dict):
+                rows = _pick_output(rows, output, self.url)
             try:
                 probs = np.asarray(rows, dtype=np.float32)
             except (TypeError, ValueError) as err:
                 raise ServingError(f"{self.url}: predictions are not a numeric matrix: {err}") from None
-            if probs.ndim != 2 or probs.shape[1] != num_classes:
+            if probs.ndim != 2 or (num_classes is not None and probs.shape[1] != num_classes):
                 raise ServingError(
-                    f"{self.url}: predictions have shape {probs.shape}, expected (batch, {num_classes})"
+                    f"{self.url}: predictions have shape {probs.shape}, expected (batch, "
+                    f"{num_classes if num_classes is not None else 'K'})"
                 )
-            return probs.argmax(axis=1)
+            return probs
 
         # Two requests in flight: this process encodes the next batch while the server scores the
         # previous one. With msgspec encoding this took 10,000 images from 3.0 s to about 1.9 s on 2 cores
         # (benchmarks/evaluation.py); a third request in flight gained nothing.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlpipe-eval") as pool:
-            pred = np.concatenate(list(pool.map(score, range(0, len(images), batch_size))))
+            batches = list(pool.map(score, range(0, len(images), batch_size)))
+        widths = sorted({int(b.shape[1]) for b in batches})
+        if len(widths) != 1:
+            raise ServingError(f"{self.url}: predictions changed width between batches: {widths}")
+        classes = widths[0]
+        pred = np.concatenate([b.argmax(axis=1) for b in batches])
         truth = np.asarray(labels, dtype=np.int64)
-        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        if truth.size and (int(truth.max()) >= classes or int(truth.min()) < 0):
+            raise ServingError(
+                f"{self.url}: the model scores {classes} classes (0..{classes - 1}) but the labels go from "
+                f"{int(truth.min())} to {int(truth.max())}: expected labels of the classes the model scores"
+            )
+        confusion = np.zeros((classes, classes), dtype=np.int64)
         np.add.at(confusion, (truth, pred), 1)
         support = confusion.sum(axis=1)
         per_class = {
-            str(c): (float(confusion[c, c] / support[c]) if support[c] else None) for c in range(num_classes)
+            str(c): (float(confusion[c, c] / support[c]) if support[c] else None) for c in range(classes)
         }
         return {
             "accuracy": float((pred == truth).mean()),
             "samples": len(truth),
+            "num_classes": classes,
             "per_class_accuracy": per_class,
             "confusion_matrix": confusion.tolist(),
             "seconds": round(time.monotonic() - started, 3),
         }
+
+
+def _pick_output(rows: list[Any], output: str | None, url: str) -> list[Any]:
+    """Row format with several outputs answers one object per example: keep the scores of `output`."""
+    if not all(isinstance(row, dict) for row in rows):
+        raise ServingError(
+            f"{url}: predictions are not one object per example, cannot pick output {output!r}"
+        )
+    names = sorted(rows[0]) if rows else []
+    if output is None or output not in names:
+        raise ServingError(
+            f"{url}: predictions hold outputs {names}: expected the output_name of the class scores among them"
+        )
+    return [row[output] for row in rows]
 
 
 try:  # msgspec ships with Airflow and encodes/decodes big numeric payloads several times faster.

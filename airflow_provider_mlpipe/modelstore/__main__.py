@@ -30,6 +30,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, MlpipeError
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model",
-        default=os.environ.get("MLPIPE_MODEL_NAME", "fashion_mnist"),
+        default=os.environ.get("MLPIPE_MODEL_NAME", DEFAULT_MODEL_NAME),
         help="model name [env MLPIPE_MODEL_NAME]",
     )
     parser.add_argument("--conn-id", default=None, help="Airflow connection (type oss) for oss:// stores")

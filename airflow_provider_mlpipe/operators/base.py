@@ -21,6 +21,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
 from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
 from airflow_provider_mlpipe.hooks.local_process import LocalProcessHook
 from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
@@ -51,7 +52,7 @@ class MlpipeOperator(BaseOperator):
     def __init__(
         self,
         *,
-        model_name: str = "fashion_mnist",
+        model_name: str = DEFAULT_MODEL_NAME,
         transient_retry: RetryPolicy | dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:

@@ -44,7 +44,7 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
     :param model_name: model name in the store (lowercase, digits, `-`, `_`).
     :param runtime: `local` (default) or `kubernetes`.
     :param model_store: store URI; default `[mlpipe] model_store`.
-    :param dataset: dataset location (directory with the four Fashion-MNIST files, `file://`, `oss://`);
+    :param dataset: the trainer's dataset location (a directory, `file://` or `oss://`);
         empty: the trainer's default (`MLPIPE_DATASET_DIR`, the shared copy, else Keras' download).
     :param hyperparameters: epochs, batch_size, learning_rate, seed, threads, train_limit, test_limit.
     :param training_timeout: longest the training may run before it is stopped and the task fails.

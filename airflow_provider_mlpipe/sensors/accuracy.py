@@ -1,4 +1,4 @@
-"""AccuracySensor: score a serving endpoint on the held-out test set through its REST API."""
+"""AccuracySensor: score a serving endpoint on declared evaluation data through its REST API."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_mlpipe.exceptions import ConfigError, ServingError
+from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError, ServingError, StoreNotFound
 from airflow_provider_mlpipe.hooks.serving import ServingHook
-from airflow_provider_mlpipe.operators.base import MlpipeOperator, merged_template_fields
+from airflow_provider_mlpipe.operators.base import StoreOperator, merged_template_fields
 from airflow_provider_mlpipe.validation import check_fraction
 
 if TYPE_CHECKING:
-    import numpy as np
     from airflow.sdk import Context, XComArg
+
+    from airflow_provider_mlpipe.evaluation import EvaluationData
 
 
 def _endpoint_url(endpoint: object) -> str:
@@ -26,19 +27,31 @@ def _endpoint_url(endpoint: object) -> str:
     return url
 
 
-class AccuracySensor(MlpipeOperator, BaseSensorOperator):
-    """Wait until `endpoint_url` serves `version`, then measure accuracy on the test set.
+class AccuracySensor(StoreOperator, BaseSensorOperator):
+    """Wait until `endpoint_url` serves `version`, then measure accuracy on the evaluation data.
+
+    The served model's metadata says what its input takes (name, dtype, shape): the examples are cast to
+    that dtype and checked against that shape before anything is sent. The number of classes is the width
+    of the model's output; class names come from the version's manifest in the model store, else from the
+    evaluation data.
 
     While the server loads the model the sensor keeps poking; an endpoint that does not answer at all
     (after the client's own retries) fails the attempt, so task retries with backoff apply and a dead
     staging server ends in a clean failure instead of a sensor timeout.
 
-    XCom: accuracy, per-class accuracy, confusion matrix, number of samples, version and endpoint.
+    XCom: accuracy, per-class accuracy, confusion matrix, number of samples and classes, class names,
+    the model input scored, version and endpoint.
 
     :param endpoint_url: URL (or the ServingDeployOperator's XCom) of the endpoint.
     :param version: version expected to be AVAILABLE (None: any).
-    :param dataset: test data location; empty: the trainer's default dataset.
-    :param sample_size: 0 scores all 10,000 test images; N scores a fixed-seed sample of N.
+    :param evaluation_data: where the evaluation data is: an `.npz` (`airflow_provider_mlpipe.evaluation`) at a
+        path, `file://` or `oss://` URI, or a dataset source `airflow_provider_mlpipe.datasets` reads
+        (`load_evaluation_source`).
+    :param dataset: the same as `evaluation_data` (its former name); give one of the two.
+    :param model_store: store URI whose manifest of `version` may name the classes; None: `[mlpipe] model_store`.
+    :param oss_conn_id: Airflow connection for an oss:// store or oss:// evaluation data.
+    :param output_name: the output holding the class scores, for a model with several outputs.
+    :param sample_size: 0 scores every example; N scores a fixed-seed sample of N.
     :param min_accuracy: if set, fail when accuracy is below it.
     :param baseline_accuracy: if set, fail when accuracy is below `baseline_accuracy - tolerance`
         (production verification against the staging score).
@@ -47,11 +60,12 @@ class AccuracySensor(MlpipeOperator, BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = merged_template_fields(
-        MlpipeOperator,
+        StoreOperator,
         BaseSensorOperator,
         own=(
             "endpoint_url",
             "version",
+            "evaluation_data",
             "dataset",
             "sample_size",
             "min_accuracy",
@@ -66,6 +80,8 @@ class AccuracySensor(MlpipeOperator, BaseSensorOperator):
         endpoint_url: str | dict[str, Any] | XComArg,
         version: int | str | XComArg | None = None,
         dataset: str | None = None,
+        evaluation_data: str | None = None,
+        output_name: str | None = None,
         sample_size: int | str = 0,
         batch_size: int = 500,
         min_accuracy: float | str | None = None,
@@ -79,7 +95,13 @@ class AccuracySensor(MlpipeOperator, BaseSensorOperator):
         super().__init__(poke_interval=poke_interval, timeout=timeout, mode=mode, **kwargs)
         self.endpoint_url = endpoint_url
         self.version = version
+        if dataset not in (None, "") and evaluation_data not in (None, ""):
+            raise ConfigError(
+                "dataset", dataset, "None when evaluation_data is given (they name the same thing)"
+            )
+        self.evaluation_data = evaluation_data
         self.dataset = dataset
+        self.output_name = output_name
         self.sample_size = sample_size
         if batch_size < 1:
             raise ConfigError("batch_size", batch_size, "an integer >= 1")
@@ -88,10 +110,8 @@ class AccuracySensor(MlpipeOperator, BaseSensorOperator):
         self.baseline_accuracy = baseline_accuracy
         self.tolerance = tolerance
 
-    def _test_set(self) -> tuple[np.ndarray, np.ndarray]:
-        import numpy as np
-
-        from airflow_provider_mlpipe.datasets import fashion_mnist
+    def _evaluation_data(self) -> EvaluationData:
+        from airflow_provider_mlpipe.datasets import load_evaluation_source
 
         try:
             sample = int(self.sample_size or 0)
@@ -99,19 +119,55 @@ class AccuracySensor(MlpipeOperator, BaseSensorOperator):
             raise ConfigError("sample_size", self.sample_size, "an integer >= 0 (0 = all)") from None
         if sample < 0:
             raise ConfigError("sample_size", self.sample_size, "an integer >= 0 (0 = all)")
-        location = self.dataset or fashion_mnist.default_dataset_dir()
-        if location:
-            images, labels = fashion_mnist.load_split(location, "test")
-        else:
-            data = fashion_mnist.load_fashion_mnist(None)
-            images, labels = data.x_test, data.y_test
-        if sample and sample < len(labels):
-            # Fixed seed: the same sample on every retry, so a retried gate cannot flip its verdict.
-            idx = np.random.default_rng(0).choice(len(labels), size=sample, replace=False)
-            images, labels = images[idx], labels[idx]
-        return images, labels
+        location = self.evaluation_data or self.dataset
+        if not location or not isinstance(location, str):
+            raise ConfigError(
+                "evaluation_data",
+                location,
+                "the evaluation data: an .npz (inputs, labels, class_names) at a path, file:// or oss:// URI",
+            )
+        credentials = self.store_hook.oss_credentials() if location.startswith("oss://") else None
+        data = load_evaluation_source(location, credentials=credentials, retry=self.transient_retry_policy)
+        # Fixed seed: the same sample on every retry, so a retried gate cannot flip its verdict.
+        return data.sample(sample)
+
+    def _manifest_class_names(self, version: int) -> tuple[str, ...] | None:
+        try:
+            manifest = self.store_hook.store.read_manifest(self.model_name, version)
+        except StoreNotFound as err:
+            # An endpoint may serve a version this store does not hold: the evaluation data's names then.
+            self.log.warning(
+                "No manifest of %s v%s in %s: %s", self.model_name, version, self.store_hook.uri, err
+            )
+            return None
+        names = manifest.get("class_names")
+        if names is None:
+            return None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(
+                f"manifest of {self.model_name} v{version}: class_names", names, "a non-empty list of strings"
+            )
+        return tuple(names)
+
+    def _class_names(self, version: int, data: EvaluationData, num_classes: int) -> list[str] | None:
+        from_manifest = self._manifest_class_names(version)
+        if from_manifest is not None and data.class_names is not None and from_manifest != data.class_names:
+            raise DatasetError(
+                f"evaluation data {data.source!r}: field 'class_names' is {list(data.class_names)}, but the "
+                f"manifest of {self.model_name} v{version} names the model's classes {list(from_manifest)}: "
+                "expected the same classes in the same order"
+            )
+        names = from_manifest or data.class_names
+        if names is not None and len(names) != num_classes:
+            raise DatasetError(
+                f"{self.model_name} v{version} scores {num_classes} classes, but "
+                f"{'its manifest' if from_manifest else repr(data.source)} names {len(names)}: {list(names)}"
+            )
+        return list(names) if names is not None else None
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
+        from airflow_provider_mlpipe.serving_signature import prepare_instances
+
         url = _endpoint_url(self.endpoint_url)
         version = int(self.version) if self.version not in (None, "") else None  # type: ignore[arg-type]
         hook = ServingHook(url, self.model_name, retry=self.transient_retry_policy)
@@ -121,12 +177,48 @@ class AccuracySensor(MlpipeOperator, BaseSensorOperator):
                 "%s does not serve %s v%s yet (available: %s)", url, self.model_name, version, available
             )
             return False
-        images, labels = self._test_set()
-        self.log.info("Scoring %s v%s at %s on %d test images", self.model_name, version, url, len(labels))
-        metrics = hook.evaluate(images, labels, version=version, batch_size=self.batch_size)
-        metrics.update({"version": version, "endpoint_url": url, "model_name": self.model_name})
+        served = version if version is not None else max(available)
+        data = self._evaluation_data()
+        signature = hook.signature(served)
+        model_input = signature.single_input()
+        instances = prepare_instances(data.inputs, model_input, source=data.source, where=signature.where)
+        width = signature.output_width(self.output_name)
         self.log.info(
-            "Accuracy %.4f on %d images in %.2f s; per class: %s",
+            "Scoring %s v%s at %s on %d examples of %s: input %r %s %s, %s classes",
+            self.model_name,
+            served,
+            url,
+            len(data),
+            data.source,
+            model_input.key,
+            model_input.dtype,
+            model_input.shown_shape(),
+            width if width is not None else "(width from the answers)",
+        )
+        metrics = hook.evaluate(
+            instances,
+            data.labels,
+            version=version,
+            batch_size=self.batch_size,
+            num_classes=width,
+            output=self.output_name,
+        )
+        metrics.update(
+            {
+                "version": version,
+                "endpoint_url": url,
+                "model_name": self.model_name,
+                "class_names": self._class_names(served, data, metrics["num_classes"]),
+                "input": {
+                    "name": model_input.key,
+                    "dtype": model_input.dtype,
+                    "shape": None if model_input.shape is None else list(model_input.shape),
+                },
+                "evaluation_data": data.source,
+            }
+        )
+        self.log.info(
+            "Accuracy %.4f on %d examples in %.2f s; per class: %s",
             metrics["accuracy"],
             metrics["samples"],
             metrics["seconds"],

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-from airflow_provider_mlpipe.datasets.fashion_mnist import CLASS_NAMES
 from airflow_provider_mlpipe.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ def render_evidence(evidence: dict[str, Any]) -> str:
         f"| Image | `{_fmt(training.get('image'))}` |",
         f"| Digest | `{_fmt(training.get('digest'))}` |",
         f"| Staging endpoint | {_fmt(staging.get('endpoint_url'))} |",
-        f"| Accuracy (staging, {_fmt(staging.get('samples'))} test images) | **{_fmt(staging.get('accuracy'))}** |",
+        f"| Accuracy (staging, {_fmt(staging.get('samples'))} test examples) | **{_fmt(staging.get('accuracy'))}** |",
         f"| Threshold (min_accuracy) | {_fmt(gate.get('min_accuracy'))} |",
         f"| Production now | {_fmt(gate.get('production_version'))} at accuracy {_fmt(production)} |",
         f"| Allowed regression | {_fmt(gate.get('max_regression'))} |",
@@ -50,8 +49,12 @@ def render_evidence(evidence: dict[str, Any]) -> str:
         "|---|---|",
     ]
     per_class = staging.get("per_class_accuracy") or {}
-    for index, name in enumerate(CLASS_NAMES):
-        lines.append(f"| {index} {name} | {_fmt(per_class.get(str(index)))} |")
+    names = staging.get("class_names") or []
+    # Classes in numeric order (not the dict's): "10" must come after "9".
+    indices = sorted(int(key) for key in per_class if str(key).isdigit())
+    for index in indices or range(len(names)):
+        name = f" {names[index]}" if index < len(names) else ""
+        lines.append(f"| {index}{name} | {_fmt(per_class.get(str(index)))} |")
     return "\n".join(lines)
 
 

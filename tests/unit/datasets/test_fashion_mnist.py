@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import sys
 from pathlib import Path
@@ -269,3 +270,41 @@ def test_real_shared_copy() -> None:
     assert np.bincount(data.y_train, minlength=10).tolist() == [6000] * 10
     assert np.bincount(data.y_test, minlength=10).tolist() == [1000] * 10
     assert data.checksum == dataset_checksum(SHARED_DATASET)
+
+
+def test_test_split_as_evaluation_data_from_every_source_form(tmp_path: Path) -> None:
+    from airflow_provider_mlpipe.datasets import load_evaluation_source
+    from airflow_provider_mlpipe.datasets.fashion_mnist import evaluation_data, write_test_split_npz
+    from airflow_provider_mlpipe.evaluation import load_evaluation_data
+
+    directory = make_dataset(tmp_path / "fm", n_test=12)
+    images, labels = load_split(directory, "test")
+    for location in (f"fashion-mnist:{directory}", f"fashion-mnist:{directory.as_uri()}", str(directory)):
+        data = load_evaluation_source(location)
+        np.testing.assert_array_equal(data.inputs, images)
+        np.testing.assert_array_equal(data.labels, labels)
+        assert data.class_names == CLASS_NAMES
+    npz = write_test_split_npz(str(directory), tmp_path / "fm-test.npz")
+    for data in (load_evaluation_data(npz), load_evaluation_source(str(npz))):
+        assert data.inputs.dtype == np.uint8 and data.inputs.shape == (12, 28, 28)
+        np.testing.assert_array_equal(data.labels, labels)
+        assert data.class_names == CLASS_NAMES
+    assert evaluation_data(str(directory)).num_classes == 10
+
+
+def test_empty_fashion_source_uses_the_default_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow_provider_mlpipe.datasets import load_evaluation_source
+
+    directory = make_dataset(tmp_path / "fm", n_test=5)
+    monkeypatch.setenv("MLPIPE_DATASET_DIR", str(directory))
+    assert len(load_evaluation_source("fashion-mnist:")) == 5
+
+
+def test_a_directory_without_the_idx_files_is_refused(tmp_path: Path) -> None:
+    from airflow_provider_mlpipe.datasets import load_evaluation_source
+
+    expected = f"evaluation data {str(tmp_path)!r} is a directory: expected an .npz file"
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        load_evaluation_source(str(tmp_path))

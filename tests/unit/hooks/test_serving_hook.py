@@ -250,7 +250,7 @@ def test_evaluate_accuracy_per_class_and_confusion(serve: Callable[[Responder], 
     images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
     images[:, 0, 0] = predicted
     server = serve(slow(classifier_by_first_pixel, 0.05))
-    result = make_hook(server.url).evaluate(images, labels, batch_size=4)
+    result = make_hook(server.url).evaluate(images, labels, batch_size=4, num_classes=10)
 
     assert len(server.requests) == 3  # 4 + 4 + 2
     assert [len(r[2]["instances"]) for r in server.requests] == [4, 4, 2]
@@ -294,7 +294,68 @@ def test_evaluate_rejects_predictions_of_the_wrong_shape(
 ) -> None:
     server = serve(lambda m, p, b: json_reply(200, {"predictions": rows}))
     with pytest.raises(ServingError, match=re.escape(expected)):
-        make_hook(server.url).evaluate(np.zeros((1, 28, 28), dtype=np.uint8), np.array([0]))
+        make_hook(server.url).evaluate(np.zeros((1, 28, 28), dtype=np.uint8), np.array([0]), num_classes=10)
+
+
+def test_evaluate_any_number_of_classes_from_the_answer_width(
+    serve: Callable[[Responder], FakeServing],
+) -> None:
+    # Three classes scored by the first feature; 13 features per example.
+    def answer(method: str, path: str, body: Any) -> Reply:
+        return json_reply(
+            200, {"predictions": [np.eye(3)[int(row[0])].tolist() for row in body["instances"]]}
+        )
+
+    predicted = np.array([0, 1, 2, 2, 1])
+    labels = np.array([0, 1, 2, 1, 0])
+    inputs = np.zeros((5, 13), dtype=np.float32)
+    inputs[:, 0] = predicted
+    result = make_hook(serve(answer).url).evaluate(inputs, labels, batch_size=2)
+    assert result["num_classes"] == 3
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert result["per_class_accuracy"] == {"0": 0.5, "1": 0.5, "2": 1.0}
+
+
+def test_evaluate_picks_the_named_output_of_a_multi_output_model(
+    serve: Callable[[Responder], FakeServing],
+) -> None:
+    rows = [
+        {"scores": [0.1, 0.9], "embedding": [1.0, 2.0, 3.0]},
+        {"scores": [0.8, 0.2], "embedding": [0, 0, 0]},
+    ]
+    server = serve(lambda m, p, b: json_reply(200, {"predictions": rows}))
+    result = make_hook(server.url).evaluate(np.zeros((2, 4)), np.array([1, 0]), output="scores")
+    assert (result["accuracy"], result["num_classes"]) == (1.0, 2)
+    with pytest.raises(
+        ServingError, match=re.escape("predictions hold outputs ['embedding', 'scores']: expected")
+    ):
+        make_hook(server.url).evaluate(np.zeros((2, 4)), np.array([1, 0]))
+
+
+def test_evaluate_refuses_labels_the_model_does_not_score(serve: Callable[[Responder], FakeServing]) -> None:
+    server = serve(lambda m, p, b: json_reply(200, {"predictions": [[0.5, 0.5]] * len(b["instances"])}))
+    with pytest.raises(
+        ServingError, match=re.escape("the model scores 2 classes (0..1) but the labels go from 0 to 4")
+    ):
+        make_hook(server.url).evaluate(np.zeros((3, 4)), np.array([0, 1, 4]))
+
+
+def test_signature_reads_the_versioned_metadata(serve: Callable[[Responder], FakeServing]) -> None:
+    doc = {"model_spec": {"name": MODEL, "signature_name": "", "version": "3"}, "metadata": {"signature_def": {
+        "signature_def": {"serving_default": {
+            "inputs": {"x": {"dtype": "DT_DOUBLE", "tensor_shape": {"dim": [{"size": "-1", "name": ""},
+                                                                            {"size": "13", "name": ""}],
+                                                                    "unknown_rank": False}, "name": "x:0"}},
+            "outputs": {"y": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1", "name": ""},
+                                                                            {"size": "3", "name": ""}],
+                                                                    "unknown_rank": False}, "name": "y:0"}},
+            "method_name": "tensorflow/serving/predict"}}}}}  # fmt: skip
+    server = serve(lambda m, p, b: json_reply(200, doc))
+    sig = make_hook(server.url).signature(3)
+    assert server.requests == [("GET", f"/v1/models/{MODEL}/versions/3/metadata", None)]
+    assert (sig.single_input().key, sig.single_input().shape, sig.output_width()) == ("x", (-1, 13), 3)
+    assert sig.where == f"{MODEL} v3 at {server.url}"
 
 
 def test_evaluate_rejects_an_empty_test_set() -> None:

@@ -6,11 +6,22 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_mlpipe.datasets.fashion_mnist import CLASS_NAMES
 from airflow_provider_mlpipe.exceptions import ConfigError
 from airflow_provider_mlpipe.sensors.approval import ApprovalSensor, render_evidence
 
 DIGEST = "sha256:" + "ab" * 32
+CLASS_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 EVIDENCE: dict[str, Any] = {
     "training": {
@@ -25,6 +36,7 @@ EVIDENCE: dict[str, Any] = {
         "accuracy": 0.87654,
         "samples": 10000,
         "per_class_accuracy": {str(i): 0.5 + i / 100 for i in range(10) if i != 6} | {"6": None},
+        "class_names": CLASS_NAMES,
     },
     "gate": {
         "passed": True,
@@ -48,7 +60,7 @@ def test_render_evidence_shows_what_a_reviewer_needs() -> None:
     assert row(body, "Image") == "| Image | `registry.example.com/mlpipe/trainer:2024-06-01` |"
     assert row(body, "Digest") == f"| Digest | `{DIGEST}` |"
     assert row(body, "Staging endpoint") == "| Staging endpoint | http://127.0.0.1:41231 |"
-    assert row(body, "Accuracy (staging") == "| Accuracy (staging, 10000 test images) | **0.8765** |"
+    assert row(body, "Accuracy (staging") == "| Accuracy (staging, 10000 test examples) | **0.8765** |"
     assert row(body, "Threshold") == "| Threshold (min_accuracy) | 0.8500 |"
     assert row(body, "Production now") == "| Production now | 5 at accuracy 0.8701 |"
     assert row(body, "Allowed regression") == "| Allowed regression | 0.0200 |"
@@ -70,7 +82,17 @@ def test_render_evidence_with_nothing_known_does_not_fail() -> None:
     assert body.splitlines()[0] == "### ? version ?"
     assert row(body, "Image") == "| Image | `-` |"
     assert row(body, "Production now") == "| Production now | - at accuracy - |"
-    assert row(body, "0 T-shirt/top") == "| 0 T-shirt/top | - |"
+    lines = body.splitlines()
+    assert lines[lines.index("| class | accuracy |") + 2 :] == []
+
+
+def test_render_evidence_any_number_of_classes_in_numeric_order_with_or_without_names() -> None:
+    per_class = {str(i): i / 20 for i in range(12)}
+    for names, label in ((None, ""), ([f"c{i}" for i in range(12)], " c{}")):
+        staging = {"per_class_accuracy": per_class, "class_names": names}
+        lines = render_evidence({"staging": staging}).splitlines()
+        rows = lines[lines.index("| class | accuracy |") + 2 :]
+        assert rows == [f"| {i}{label.format(i)} | {i / 20:.4f} |" for i in range(12)]
 
 
 def test_constructor_defaults_to_reject() -> None:
