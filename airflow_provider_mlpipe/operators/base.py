@@ -22,10 +22,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_mlpipe.demo.pipeline import MODEL_NAME as DEFAULT_MODEL_NAME
-from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
-from airflow_provider_mlpipe.hooks.local_process import LocalProcessHook
 from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
 from airflow_provider_mlpipe.retries import RetryPolicy
+from airflow_provider_mlpipe.runtimes import get_runtime
+from airflow_provider_mlpipe.runtimes.base import Runtime
 
 
 def merged_template_fields(*parents: type[BaseOperator], own: Sequence[str] = ()) -> tuple[str, ...]:
@@ -89,8 +89,8 @@ class StoreOperator(MlpipeOperator):
 
 
 class RuntimeOperator(MlpipeOperator):
-    """Base of the operators that run something on one of the two runtimes: supervised local processes
-    (`process_hook`) or the Kubernetes API (`kube_hook`).
+    """Base of the operators that run something on a runtime (`runtimes`: `local` supervised processes or
+    `kubernetes`), reached through `runtime_backend`, the runtime the rendered `runtime` names.
 
     :param runtime: `local` (default) or `kubernetes`.
     :param kubernetes_conn_id: / :param namespace: Kubernetes: default `[mlpipe] kubernetes_conn_id`,
@@ -113,11 +113,11 @@ class RuntimeOperator(MlpipeOperator):
         self.namespace = namespace
 
     @cached_property
-    def process_hook(self) -> LocalProcessHook:
-        return LocalProcessHook()
-
-    @cached_property
-    def kube_hook(self) -> KubernetesResourceHook:
-        return KubernetesResourceHook(
-            self.kubernetes_conn_id, self.namespace, retry=self.transient_retry_policy
+    def runtime_backend(self) -> Runtime:
+        """The runtime (an unknown name, or a bad transient_retry, fails here: before any work)."""
+        return get_runtime(
+            self.runtime,
+            retry=self.transient_retry_policy,
+            kubernetes_conn_id=self.kubernetes_conn_id,
+            namespace=self.namespace,
         )

@@ -1,39 +1,27 @@
 """KubeTrainJobOperator: train a model version from a pushed training image.
 
-Runtime `local` runs the image's entrypoint (`airflow_provider_mlpipe.images.training.train`) as a
-supervised process on this machine; the `kubernetes` runtime runs the same entrypoint as a batch/v1 Job.
-Either way the operator reserves the run's model version, starts or adopts the training, and waits
-deferred: no worker slot is held while training runs.
-
-On Kubernetes the Job's name is deterministic per run and version (`train-<model>-v<version>-<hash>`):
-a retried or restarted task finds the Job it created and waits for it instead of starting a second one.
+The operator reserves the run's model version, has the run's runtime (`runtimes`: a supervised local
+process, or a batch/v1 Job on Kubernetes) start or adopt the training of the image's entrypoint
+(`airflow_provider_mlpipe.images.training.train`), and waits deferred: no worker slot is held while
+training runs. Names are deterministic per run and version: a retried or restarted task finds the training
+it started and waits for it instead of starting a second one.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError, TrainingError
-from airflow_provider_mlpipe.hooks.kubernetes_status import FAILED as JOB_FAILED
-from airflow_provider_mlpipe.hooks.kubernetes_status import SUCCEEDED as JOB_SUCCEEDED
-from airflow_provider_mlpipe.hooks.kubernetes_status import job_state
-from airflow_provider_mlpipe.hooks.local_process import SUCCEEDED
 from airflow_provider_mlpipe.modelstore.store import check_model_name
 from airflow_provider_mlpipe.operators.base import RuntimeOperator, StoreOperator, merged_template_fields
 from airflow_provider_mlpipe.runs import push_keys, run_key
-from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
-from airflow_provider_mlpipe.triggers.local_process import LocalProcessTrigger
+from airflow_provider_mlpipe.runtimes.base import TIMEOUT, Handle, Outcome, TrainingSpec
 from airflow_provider_mlpipe.validation import check_digest, check_hyperparameters, check_image
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
 
 
 class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
@@ -118,38 +106,34 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
         self.backoff_limit = backoff_limit
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
 
-    def _process_name(self, version: int) -> str:
-        return f"train-{self.model_name.replace('_', '-')}-v{version}"
-
-    def _trainer_argv(self, version: int, run_id: str) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            TRAINER_MODULE,
-            f"--model-store={self.store_hook.store.uri}",
-            f"--model-name={self.model_name}",
-            f"--version={version}",
-            f"--image={self.image}",
-            f"--digest={self.digest}",
-            f"--run-id={run_id}",
-        ]
-        if self.dataset:
-            argv.append(f"--dataset={self.dataset}")
-        for key, value in check_hyperparameters(self.hyperparameters).items():
-            argv.append(f"--{key.replace('_', '-')}={value}")
-        return argv
+    def _spec(self, context: Context) -> TrainingSpec:
+        return TrainingSpec(
+            model_name=self.model_name,
+            image=self.image,
+            digest=self.digest,
+            store=self.store_hook,
+            dataset=self.dataset,
+            hyperparameters=check_hyperparameters(self.hyperparameters),
+            timeout=self.training_timeout,
+            poll_interval=self.poll_interval,
+            dag_id=context["dag"].dag_id,
+            gpus=self.gpus,
+            cpu=str(self.cpu),
+            memory=str(self.memory),
+            node_selector=self.node_selector,
+            tolerations=self.tolerations,
+            backoff_limit=self.backoff_limit,
+            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
+        )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        config.check_runtime(self.runtime)
-        self.transient_retry_policy  # noqa: B018  (a bad transient_retry fails here, before any work)
+        runtime = self.runtime_backend  # an unknown runtime or a bad transient_retry fails here
         check_image(self.image)
         check_digest(self.digest)
         check_model_name(self.model_name)
         check_hyperparameters(self.hyperparameters)
-        if self.runtime == "kubernetes":
-            # Refuse an unpinned image or a bad GPU count before a version is reserved.
-            manifests.pinned_image(self.image, self.digest)
-            self._gpus()
+        spec = self._spec(context)
+        runtime.check_training(spec)
         key = run_key(context)
         store = self.store_hook.store
         version = store.reserve_version(self.model_name, key)
@@ -158,142 +142,51 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
             self.log.info("Version %s is already published by an earlier attempt: adopting it", version)
             return self._result(context, version)
 
-        if self.runtime == "kubernetes":
-            return self._execute_kubernetes(context, version, key)
-
-        name = self._process_name(version)
-        self._started_process = name
-        status, adopted = self.process_hook.start(
-            name,
-            self._trainer_argv(version, key),
-            metadata={"run": key, "model_name": self.model_name, "version": version, "image": self.image},
-            # Store credentials (oss://) travel as the process environment only, never argv or state files.
-            env=self.store_hook.child_env(),
-        )
-        if adopted and status.state == SUCCEEDED:
-            return self._finish(context, version, self.process_hook.process_dir(name).as_posix())
+        started = runtime.start_training(spec, version=version, run_key=key)
+        if started.wait is None:
+            return self._finish(context, version, started.handle)
         self.defer(
-            trigger=LocalProcessTrigger(
-                process_dir=self.process_hook.process_dir(name).as_posix(),
-                timeout_at=time.time() + self.training_timeout.total_seconds(),
-                poll_interval=self.poll_interval,
-            ),
+            trigger=started.wait.trigger,
             method_name="execute_complete",
-            kwargs={"version": version},
-            # The trigger reports the deadline itself; this is the backstop if the triggerer is down.
-            timeout=self.training_timeout + timedelta(minutes=5),
+            kwargs={"version": version, "handle": started.handle},
+            timeout=started.wait.timeout,
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any], version: int) -> dict[str, Any]:
-        status = event.get("status")
-        tail = "\n".join(event.get("tail") or [])
-        if status == "timeout":
-            self.process_hook.stop(self._process_name(version))
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any],
+        version: int,
+        handle: Handle | None = None,
+        **legacy: Any,
+    ) -> dict[str, Any]:
+        runtime = self.runtime_backend
+        if handle is None:
+            handle = runtime.legacy_training_handle(self.model_name, version, legacy)
+        outcome = Outcome.from_event(event)
+        if outcome.succeeded:
+            return self._finish(context, version, handle)
+        where = f"{handle['resource']} training {self.model_name} v{version}"
+        tail = "\n".join(outcome.tail)
+        if outcome.status == TIMEOUT:
+            runtime.stop_training(handle)
             raise TrainingError(
-                f"training of {self.model_name} v{version} exceeded {self.training_timeout} and was stopped; "
+                f"{where} did not finish in time ({self.training_timeout}) and was stopped: {runtime.reason(outcome)}; "
                 f"last output:\n{tail}"
             )
-        if status != "success":
-            raise TrainingError(
-                f"training of {self.model_name} v{version} failed: {event.get('message')}; last output:\n{tail}"
-            )
-        return self._finish(context, version, event.get("process_dir", ""))
-
-    def _gpus(self) -> int:
-        try:
-            gpus = int(self.gpus)
-        except (TypeError, ValueError):
-            raise ConfigError("gpus", self.gpus, "a whole number of GPUs >= 0") from None
-        if gpus < 0:
-            raise ConfigError("gpus", self.gpus, "a whole number of GPUs >= 0")
-        return gpus
-
-    def _job_manifest(self, context: Context, version: int, key: str, name: str) -> dict[str, Any]:
-        return manifests.train_job(
-            name=name,
-            namespace=self.kube_hook.namespace,
-            image=self.image,
-            digest=self.digest,
-            model_name=self.model_name,
-            version=version,
-            model_store=self.store_hook.store.uri,
-            dataset=self.dataset,
-            hyperparameters=check_hyperparameters(self.hyperparameters),
-            run_key=key,
-            dag_id=context["dag"].dag_id,
-            oss_secret=config.kubernetes_oss_secret(),
-            cpu=str(self.cpu),
-            memory=str(self.memory),
-            gpus=self._gpus(),
-            node_selector=self.node_selector,
-            tolerations=self.tolerations,
-            backoff_limit=self.backoff_limit,
-            active_deadline_seconds=int(self.training_timeout.total_seconds()),
-            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
-            service_account=config.kubernetes_service_account(),
-        )
-
-    def _execute_kubernetes(self, context: Context, version: int, key: str) -> dict[str, Any]:
-        hook = self.kube_hook
-        name = manifests.train_job_name(self.model_name, version, key)
-        # Built (and so validated: digest pinning, GPUs) before anything is written to the cluster.
-        body = self._job_manifest(context, version, key, name)
-        existing = hook.get("Job", name)
-        if existing is not None and job_state(existing)[0] == JOB_FAILED:
-            # A retry after the Job failed: start over with a fresh Job of the same name.
-            self.log.info("Job %s/%s failed in an earlier attempt: replacing it", hook.namespace, name)
-            hook.delete("Job", name, propagation="Foreground")
-            hook.wait_deleted("Job", name)
-        self._started_job = name
-        job, created = hook.create_or_adopt(body)
-        self.log.info(
-            "%s Job %s/%s: image %s",
-            "Created" if created else "Adopted",
-            hook.namespace,
-            name,
-            body["spec"]["template"]["spec"]["containers"][0]["image"],
-        )
-        if job_state(job)[0] == JOB_SUCCEEDED:
-            return self._finish(context, version, f"job {hook.namespace}/{name}")
-        self.defer(
-            trigger=KubernetesJobTrigger(
-                job_name=name,
-                namespace=hook.namespace,
-                conn_id=self.kubernetes_conn_id or config.kubernetes_conn_id(),
-                # activeDeadlineSeconds ends the Job first; this catches a Job stuck without a verdict.
-                timeout_at=time.time() + self.training_timeout.total_seconds() + 600,
-                poll_interval=self.poll_interval,
-                transient_retry=self.transient_retry_policy.as_conf(),
-            ),
-            method_name="execute_complete_kubernetes",
-            kwargs={"version": version, "job_name": name, "namespace": hook.namespace},
-            timeout=self.training_timeout + timedelta(minutes=15),
-        )
+        raise TrainingError(f"{where} failed: {runtime.reason(outcome)}; last output:\n{tail}")
 
     def execute_complete_kubernetes(
         self, context: Context, event: dict[str, Any], version: int, job_name: str, namespace: str
     ) -> dict[str, Any]:
-        status = event.get("status")
-        if status == "success":
-            return self._finish(context, version, f"job {namespace}/{job_name}")
-        where = f"Job {namespace}/{job_name} training {self.model_name} v{version}"
-        problems = "; ".join(event.get("pod_problems") or []) or "no pod reported a reason"
-        tail = "\n".join(event.get("tail") or [])
-        if status == "timeout":
-            self.kube_hook.delete("Job", job_name, propagation="Foreground")
-            raise TrainingError(
-                f"{where} did not finish in time and was deleted: {event.get('message')}; pods: {problems}; "
-                f"last log lines:\n{tail}"
-            )
-        raise TrainingError(
-            f"{where} failed: {event.get('message')}; pods: {problems}; last log lines:\n{tail}"
-        )
+        """Where a task deferred by 0.1.0 resumes (the method name is stored with the deferral)."""
+        return self.execute_complete(context, event, version, job_name=job_name, namespace=namespace)
 
-    def _finish(self, context: Context, version: int, process_dir: str) -> dict[str, Any]:
+    def _finish(self, context: Context, version: int, handle: Handle) -> dict[str, Any]:
         if not self.store_hook.store.is_published(self.model_name, version):
             raise TrainingError(
                 f"the trainer for {self.model_name} v{version} exited 0 but published nothing in "
-                f"{self.store_hook.store.uri} (process state: {process_dir})"
+                f"{self.store_hook.store.uri} ({handle['resource']})"
             )
         return self._result(context, version)
 
@@ -321,9 +214,5 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
 
     def on_kill(self) -> None:
         # Reachable while execute() runs (before deferral); once deferred, the trigger's on_kill stops it.
-        name = getattr(self, "_started_process", None)
-        if name:
-            self.process_hook.stop(name)
-        job = getattr(self, "_started_job", None)
-        if job:
-            self.kube_hook.delete("Job", job, propagation="Foreground")
+        if "runtime_backend" in self.__dict__:
+            self.runtime_backend.cancel()

@@ -22,6 +22,8 @@ from airflow_provider_mlpipe.hooks.kubernetes_status import (
     pod_problems,
 )
 from airflow_provider_mlpipe.retries import RetryPolicy
+from airflow_provider_mlpipe.runtimes.base import FAILED as FAILED_EVENT
+from airflow_provider_mlpipe.runtimes.base import GONE, SUCCESS, TIMEOUT, outcome_event
 
 TAIL_LINES = 20
 # Each poll after the first asks the kubelet for the lines of the last (time since the last line copied +
@@ -38,8 +40,9 @@ ON_KILL_REQUEST_TIMEOUT = 5.0
 class KubernetesJobTrigger(BaseTrigger):
     """Poll Job `job_name` until it succeeds, fails or `timeout_at` passes.
 
-    Events: `success`; `failed` with the Job's reason (BackoffLimitExceeded, DeadlineExceeded ...), the
-    pods' termination reasons and the last log lines; `timeout`; `gone` (the Job was deleted under us).
+    Events (`runtimes.base.outcome_event`): `success`; `failed` with the Job's reason (BackoffLimitExceeded,
+    DeadlineExceeded ...) as the message and the last log lines as the tail; `timeout`; `gone` (the Job was
+    deleted under us). Details: `job_name`, `namespace`, `pod_problems` (the pods' termination reasons).
 
     Each poll copies the newest pod's new log lines into the task log. The first poll of a pod reads its
     whole log, with the kubelet's timestamps; later polls read only the last seconds since the last line
@@ -170,14 +173,14 @@ class KubernetesJobTrigger(BaseTrigger):
                     err,
                 )
         return TriggerEvent(
-            {
-                "status": status,
-                "job_name": self.job_name,
-                "namespace": self.namespace,
-                "message": message,
-                "pod_problems": pod_problems(pods),
-                "tail": tail[-TAIL_LINES:],
-            }
+            outcome_event(
+                status,
+                message,
+                tail=tail,
+                job_name=self.job_name,
+                namespace=self.namespace,
+                pod_problems=pod_problems(pods),
+            )
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -188,14 +191,13 @@ class KubernetesJobTrigger(BaseTrigger):
                 job = await hook.get("Job", self.job_name)
                 if job is None:
                     yield TriggerEvent(
-                        {
-                            "status": "gone",
-                            "job_name": self.job_name,
-                            "namespace": self.namespace,
-                            "message": f"Job {self.namespace}/{self.job_name} no longer exists",
-                            "pod_problems": [],
-                            "tail": [],
-                        }
+                        outcome_event(
+                            GONE,
+                            f"Job {self.namespace}/{self.job_name} no longer exists",
+                            job_name=self.job_name,
+                            namespace=self.namespace,
+                            pod_problems=[],
+                        )
                     )
                     return
                 state, reason = job_state(job)
@@ -210,14 +212,14 @@ class KubernetesJobTrigger(BaseTrigger):
                 # Also on the last poll: the lines written since the previous one reach the task log too.
                 await self._follow_log(hook)
             if state == SUCCEEDED:
-                yield await self._event(hook, "success", reason)
+                yield await self._event(hook, SUCCESS, reason)
                 return
             if state == FAILED:
-                yield await self._event(hook, "failed", reason)
+                yield await self._event(hook, FAILED_EVENT, reason)
                 return
             if time.time() >= self.timeout_at:
                 yield await self._event(
-                    hook, "timeout", f"still {state} ({reason}) at the deadline {time.ctime(self.timeout_at)}"
+                    hook, TIMEOUT, f"still {state} ({reason}) at the deadline {time.ctime(self.timeout_at)}"
                 )
                 return
             await asyncio.sleep(self.poll_interval)

@@ -20,14 +20,17 @@ from airflow_provider_mlpipe.hooks.kubernetes_status import (
     service_address,
 )
 from airflow_provider_mlpipe.retries import RetryPolicy
+from airflow_provider_mlpipe.runtimes.base import FAILED as FAILED_EVENT
+from airflow_provider_mlpipe.runtimes.base import GONE, SUCCESS, TIMEOUT, outcome_event
 
 
 class KubernetesServingTrigger(BaseTrigger):
     """Wait until Deployment `deployment` has rolled out `generation`, then (with `wait_for_address`)
     until Service `service` has an external IP or hostname.
 
-    Events: `available` (with `address`, None for ClusterIP), `failed` (rollout: ProgressDeadlineExceeded,
-    with the pods' reasons), `timeout` (with `stage`: rollout or address), `gone`.
+    Events (`runtimes.base.outcome_event`): `success` (details: `address`, None for ClusterIP), `failed`
+    (rollout: ProgressDeadlineExceeded, with the pods' reasons), `timeout` (details: `stage`, rollout or
+    address), `gone`. Details also name the `deployment`, `service`, `namespace`, and `pod_problems`.
 
     :param transient_retry: how each API call retries transient errors (`RetryPolicy.as_conf()`; None: the
         defaults). A check that still fails is logged and the wait goes on until `timeout_at`.
@@ -78,14 +81,14 @@ class KubernetesServingTrigger(BaseTrigger):
 
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent(
-            {
-                "status": status,
-                "deployment": self.deployment,
-                "service": self.service,
-                "namespace": self.namespace,
-                "message": message,
+            outcome_event(
+                status,
+                message,
+                deployment=self.deployment,
+                service=self.service,
+                namespace=self.namespace,
                 **extra,
-            }
+            )
         )
 
     async def _problems(self, hook: AsyncKubernetesResourceHook) -> list[str]:
@@ -108,26 +111,26 @@ class KubernetesServingTrigger(BaseTrigger):
                 if not rolled_out:
                     deployment = await hook.get("Deployment", self.deployment)
                     if deployment is None:
-                        yield self._event("gone", f"Deployment {self.namespace}/{self.deployment} is gone")
+                        yield self._event(GONE, f"Deployment {self.namespace}/{self.deployment} is gone")
                         return
                     state, last = rollout_state(deployment, self.generation)
                     if state == FAILED:
-                        yield self._event("failed", last, pod_problems=await self._problems(hook))
+                        yield self._event(FAILED_EVENT, last, pod_problems=await self._problems(hook))
                         return
                     rolled_out = state == AVAILABLE
                     if rolled_out:
                         self.log.info("Deployment %s: %s", self.deployment, last)
                 if rolled_out:
                     if not self.wait_for_address:
-                        yield self._event("available", last, address=None)
+                        yield self._event(SUCCESS, last, address=None)
                         return
                     service = await hook.get("Service", self.service)
                     if service is None:
-                        yield self._event("gone", f"Service {self.namespace}/{self.service} is gone")
+                        yield self._event(GONE, f"Service {self.namespace}/{self.service} is gone")
                         return
                     address = service_address(service)
                     if address:
-                        yield self._event("available", last, address=address)
+                        yield self._event(SUCCESS, last, address=address)
                         return
                     last = "the load balancer has no external IP or hostname yet"
             except KubernetesRuntimeError as err:
@@ -135,9 +138,14 @@ class KubernetesServingTrigger(BaseTrigger):
                 self.log.warning("%s: %s", self.deployment, last)
             if time.time() >= self.timeout_at:
                 stage = "address" if rolled_out else "rollout"
+                what = (
+                    "rolled out, but the Service got no external address"
+                    if rolled_out
+                    else "rollout not done"
+                )
                 yield self._event(
-                    "timeout",
-                    f"{stage} not done by {time.ctime(self.timeout_at)}: {last}",
+                    TIMEOUT,
+                    f"{what} by {time.ctime(self.timeout_at)}: {last}",
                     stage=stage,
                     pod_problems=[] if rolled_out else await self._problems(hook),
                 )

@@ -19,10 +19,17 @@ from airflow_provider_mlpipe.hooks.local_process import (
     read_log,
     tail_log,
 )
+from airflow_provider_mlpipe.runtimes.base import FAILED, GONE, SUCCESS, TAIL_LINES, TIMEOUT, outcome_event
+
+# The process's end state -> the event's status (the state itself is in the event's details).
+_STATUS = {SUCCEEDED: SUCCESS, ABSENT: GONE}
 
 
 class LocalProcessTrigger(BaseTrigger):
     """Wait until the process in `process_dir` ends, copying its output into the task log as it comes.
+
+    Events (`runtimes.base.outcome_event`): `success` (exit 0), `failed` (non-zero exit, killed, lost),
+    `gone` (no such process), `timeout`; details: `state`, `process_dir`, `exit_code`, `stopped`.
 
     :param process_dir: the process directory written by LocalProcessHook.
     :param timeout_at: wall-clock deadline (epoch seconds); past it the trigger reports `timeout`.
@@ -72,26 +79,28 @@ class LocalProcessTrigger(BaseTrigger):
             await asyncio.to_thread(self._drain, pdir)
             if status.state not in (RUNNING,):
                 yield TriggerEvent(
-                    {
-                        "status": "success" if status.state == SUCCEEDED else status.state,
-                        "process_dir": self.process_dir,
-                        "exit_code": status.exit_code,
-                        "stopped": status.stopped,
-                        "message": _describe(status.state, status.exit_code, status.stopped),
-                        "tail": tail_log(pdir, 20),
-                    }
+                    outcome_event(
+                        _STATUS.get(status.state, FAILED),
+                        _describe(status.state, status.exit_code, status.stopped),
+                        tail=tail_log(pdir, TAIL_LINES),
+                        state=status.state,
+                        process_dir=self.process_dir,
+                        exit_code=status.exit_code,
+                        stopped=status.stopped,
+                    )
                 )
                 return
             if time.time() >= self.timeout_at:
                 yield TriggerEvent(
-                    {
-                        "status": "timeout",
-                        "process_dir": self.process_dir,
-                        "exit_code": None,
-                        "stopped": False,
-                        "message": f"still running at the deadline ({time.ctime(self.timeout_at)})",
-                        "tail": tail_log(pdir, 20),
-                    }
+                    outcome_event(
+                        TIMEOUT,
+                        f"still running at the deadline ({time.ctime(self.timeout_at)})",
+                        tail=tail_log(pdir, TAIL_LINES),
+                        state=status.state,
+                        process_dir=self.process_dir,
+                        exit_code=None,
+                        stopped=False,
+                    )
                 )
                 return
             await asyncio.sleep(self.poll_interval)

@@ -11,10 +11,14 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_mlpipe.hooks.local_process import RUNNING, process_status, tail_log
+from airflow_provider_mlpipe.runtimes.base import FAILED, SUCCESS, TAIL_LINES, TIMEOUT, outcome_event
 
 
 class ServingReadyTrigger(BaseTrigger):
     """Poll `GET {url}/v1/models/{model_name}/versions/{version}` until its state is AVAILABLE.
+
+    Events (`runtimes.base.outcome_event`): `success`, `failed` (the server process ended), `timeout`;
+    details: `url`.
 
     :param process_dir: for the local runtime, the server's process directory: if the server process
         ends while we wait, the trigger reports `failed` at once with its last output lines.
@@ -65,7 +69,7 @@ class ServingReadyTrigger(BaseTrigger):
                         states = [s.get("state") for s in body.get("model_version_status", [])]
                         last = f"HTTP {resp.status}: {body}"
                         if resp.status == 200 and "AVAILABLE" in states:
-                            yield TriggerEvent({"status": "available", "url": self.url, "message": last})
+                            yield TriggerEvent(outcome_event(SUCCESS, last, url=self.url))
                             return
                 except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError) as err:
                     last = f"{type(err).__name__}: {err}"
@@ -74,21 +78,17 @@ class ServingReadyTrigger(BaseTrigger):
                     status = await asyncio.to_thread(process_status, pdir)
                     if status.state != RUNNING:
                         yield TriggerEvent(
-                            {
-                                "status": "failed",
-                                "url": self.url,
-                                "message": f"server process {status.state} (exit code {status.exit_code})",
-                                "tail": tail_log(pdir, 20),
-                            }
+                            outcome_event(
+                                FAILED,
+                                f"server process {status.state} (exit code {status.exit_code})",
+                                tail=tail_log(pdir, TAIL_LINES),
+                                url=self.url,
+                            )
                         )
                         return
                 if time.time() >= self.timeout_at:
                     yield TriggerEvent(
-                        {
-                            "status": "timeout",
-                            "url": self.url,
-                            "message": f"not AVAILABLE in time; last: {last}",
-                        }
+                        outcome_event(TIMEOUT, f"not AVAILABLE in time; last: {last}", url=self.url)
                     )
                     return
                 await asyncio.sleep(self.poll_interval)

@@ -138,21 +138,21 @@ def test_the_strict_validator_does_reject_an_unknown_field() -> None:
 
 # Every Kubernetes API call the runtime makes, as RBAC names it: (apiGroup, resource, verb) -> the calls.
 # From the hooks' methods (airflow_provider_mlpipe/hooks/kubernetes.py, kubernetes_async.py) and their
-# callers in operators/ and triggers/. The provider's KubernetesHook / AsyncKubernetesHook only load the
-# connection and build the clients here: they make no API call of their own. The sync hook's list_pods /
+# callers in runtimes/kubernetes.py and triggers/. The provider's KubernetesHook / AsyncKubernetesHook only
+# load the connection and build the clients here: they make no API call of their own. The sync hook's list_pods /
 # pod_log and get("Pod") have no caller, so they need no verb.
 API_CALLS: dict[tuple[str, str, str], list[str]] = {
     ("batch", "jobs", "get"): [
-        "KubeTrainJobOperator._execute_kubernetes: hook.get('Job') (a Job failed in an earlier try?)",
+        "KubernetesRuntime.start_training: hook.get('Job') (a Job failed in an earlier try?)",
         "KubernetesResourceHook.create_or_adopt: GET before the create, and after a 409",
         "KubernetesResourceHook.wait_deleted: GET until 404",
         "KubernetesJobTrigger.run: AsyncKubernetesResourceHook.get('Job'), each poll",
     ],
     ("batch", "jobs", "create"): ["KubernetesResourceHook.create_or_adopt (the training Job)"],
     ("batch", "jobs", "delete"): [
-        "KubeTrainJobOperator._execute_kubernetes: replaces a Job failed in an earlier try",
-        "KubeTrainJobOperator.execute_complete_kubernetes: the trigger timed out",
-        "KubeTrainJobOperator.on_kill (before deferral)",
+        "KubernetesRuntime.start_training: replaces a Job failed in an earlier try",
+        "KubernetesRuntime.stop_training: the trigger timed out",
+        "KubernetesRuntime.cancel: KubeTrainJobOperator.on_kill (before deferral)",
         "KubernetesJobTrigger.on_kill: AsyncKubernetesResourceHook.delete",
     ],
     ("", "pods", "list"): [
@@ -163,19 +163,19 @@ API_CALLS: dict[tuple[str, str, str], list[str]] = {
         "KubernetesJobTrigger._copy_log / _event: AsyncKubernetesResourceHook.pod_log",
     ],
     ("apps", "deployments", "get"): [
-        "ServingDeployOperator._execute_kubernetes: hook.get('Deployment') (which version runs?)",
-        "ServingDeployOperator.execute_complete_kubernetes: hook.get('Deployment') before a rollback",
+        "KubernetesRuntime.deploy_serving / served_version: hook.get('Deployment') (which version runs?)",
+        "KubernetesRuntime.abandon_serving: hook.get('Deployment') before a rollback",
         "KubernetesResourceHook.create_or_adopt",
         "KubernetesServingTrigger.run: AsyncKubernetesResourceHook.get('Deployment'), each poll",
     ],
     ("apps", "deployments", "create"): ["KubernetesResourceHook.create_or_adopt (a new endpoint)"],
     ("apps", "deployments", "patch"): [
-        "ServingDeployOperator._execute_kubernetes: hook.patch(rollout_patch)",
-        "ServingDeployOperator.execute_complete_kubernetes: hook.patch(rollback_patch)",
+        "KubernetesRuntime.deploy_serving: hook.patch(rollout_patch)",
+        "KubernetesRuntime.abandon_serving: hook.patch(rollback_patch)",
     ],
     ("apps", "deployments", "delete"): [
-        "ServingTeardownOperator.execute",
-        "ServingDeployOperator._execute_kubernetes: teardown_if_unresolved",
+        "KubernetesRuntime.teardown_serving (ServingTeardownOperator)",
+        "KubernetesRuntime.teardown_serving (ServingDeployOperator: teardown_if_unresolved)",
     ],
     ("", "services", "get"): [
         "KubernetesResourceHook.create_or_adopt",
@@ -183,8 +183,8 @@ API_CALLS: dict[tuple[str, str, str], list[str]] = {
     ],
     ("", "services", "create"): ["KubernetesResourceHook.create_or_adopt"],
     ("", "services", "delete"): [
-        "ServingTeardownOperator.execute",
-        "ServingDeployOperator._execute_kubernetes: teardown_if_unresolved",
+        "KubernetesRuntime.teardown_serving (ServingTeardownOperator)",
+        "KubernetesRuntime.teardown_serving (ServingDeployOperator: teardown_if_unresolved)",
     ],
 }
 

@@ -389,7 +389,7 @@ async def test_job_trigger_reports_the_failure_when_its_pods_cannot_be_read(
     k8s.fail_next(1000, status, method="GET", path=r"/pods$")
     event = await first_event(deferred.trigger)
     assert event["status"] == "failed" and event["message"].startswith("BackoffLimitExceeded")
-    assert event["pod_problems"] == [] and event["tail"] == []
+    assert event["details"]["pod_problems"] == [] and event["tail"] == []
     assert k8s.faults_served[f"GET {status}"] >= 2  # the poll's listing and the event's
     with pytest.raises(TrainingError) as info:
         resume(op, context, deferred, event)
@@ -407,7 +407,9 @@ async def test_job_trigger_reports_the_failure_when_the_log_tail_cannot_be_read(
     k8s.fail_next(1000, 503, method="GET", path=r"/log$")
     event = await first_event(deferred.trigger)
     assert event["status"] == "failed" and event["message"] == "DeadlineExceeded"
-    assert event["pod_problems"] == [f"{name}-a/trainer: Error (exit code 2)"] and event["tail"] == []
+    assert (
+        event["details"]["pod_problems"] == [f"{name}-a/trainer: Error (exit code 2)"] and event["tail"] == []
+    )
 
 
 async def test_job_trigger_keeps_polling_while_the_log_is_forbidden(

@@ -134,7 +134,7 @@ async def test_load_balancer_address_timeout(k8s: EmulatedCluster, store_uri: st
     k8s.roll_out(PROD)
     trigger = type(deferred.trigger)(**{**deferred.trigger.serialize()[1], "timeout_at": 0.0})
     event = await first_event(trigger)
-    assert event["status"] == "timeout" and event["stage"] == "address"
+    assert event["status"] == "timeout" and event["details"]["stage"] == "address"
     with pytest.raises(ServingError, match="no external address"):
         resume(op, context, deferred, event)
 
@@ -191,7 +191,7 @@ async def test_rollout_timeout_rolls_back_too(k8s: EmulatedCluster, store_uri: s
     deferred = await asyncio.to_thread(execute_until_deferred, op, context)
     trigger = type(deferred.trigger)(**{**deferred.trigger.serialize()[1], "timeout_at": 0.0})
     event = await first_event(trigger)
-    assert event["status"] == "timeout" and event["stage"] == "rollout"
+    assert event["status"] == "timeout" and event["details"]["stage"] == "rollout"
     with pytest.raises(ServingError, match="rolled back to v1"):
         await asyncio.to_thread(resume, op, context, deferred, event)
 

@@ -275,7 +275,7 @@ async def test_the_connection_namespace_is_where_the_job_goes(
     # The trigger finds the Job there (in any other namespace it would report it gone).
     trigger = KubernetesJobTrigger(**{**deferred.trigger.serialize()[1], "timeout_at": 0.0})
     event = await first_event(trigger)
-    assert event["status"] == "timeout" and event["namespace"] == "ml-prod"
+    assert event["status"] == "timeout" and event["details"]["namespace"] == "ml-prod"
 
 
 def test_check_sent_refuses_what_an_apiserver_would() -> None:

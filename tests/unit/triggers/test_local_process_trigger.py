@@ -119,11 +119,9 @@ async def test_success_event_and_log_streamed(
     payload = events[0].payload
     assert payload == {
         "status": "success",
-        "process_dir": str(pdir),
-        "exit_code": 0,
-        "stopped": False,
         "message": "exited 0",
         "tail": ["epoch 1", "epoch 2"],
+        "details": {"state": "succeeded", "process_dir": str(pdir), "exit_code": 0, "stopped": False},
     }
     # Every output line went to the task log, and the offset now points past all of them.
     assert trigger.log_offset == (pdir / "output.log").stat().st_size
@@ -151,8 +149,8 @@ async def test_failed_event_carries_tail_and_exit_code(hook: LocalProcessHook) -
     assert len(events) == 1
     payload = events[0].payload
     assert payload["status"] == "failed"
-    assert payload["exit_code"] == 3
-    assert payload["stopped"] is False
+    assert payload["details"]["exit_code"] == 3
+    assert payload["details"]["stopped"] is False
     assert payload["message"] == "exited with code 3"
     assert len(payload["tail"]) == 20
     assert payload["tail"][-1] == "boom"
@@ -165,7 +163,8 @@ async def test_stopped_process_is_reported_as_stopped(hook: LocalProcessHook) ->
     wait_for(lambda: (pdir / "output.log").exists() and "ready" in (pdir / "output.log").read_text())
     hook.stop("stopped", timeout=10)
     payload = (await events_of(make_trigger(pdir)))[0].payload
-    assert (payload["status"], payload["stopped"], payload["exit_code"]) == ("failed", True, -signal.SIGTERM)
+    details = payload["details"]
+    assert (payload["status"], details["stopped"], details["exit_code"]) == ("failed", True, -signal.SIGTERM)
     assert payload["message"] == f"stopped on request (exit code {-signal.SIGTERM})"
 
 
@@ -176,8 +175,9 @@ async def test_lost_event_when_the_supervisor_is_killed(hook: LocalProcessHook) 
     os.kill(hook.status("train-lost").pid or 0, signal.SIGKILL)
     wait_for(lambda: hook.status("train-lost").state == LOST)
     payload = (await events_of(make_trigger(pdir)))[0].payload
-    assert payload["status"] == "lost"
-    assert payload["exit_code"] is None
+    # Normalised: the status says failed, the details say how.
+    assert payload["status"] == "failed" and payload["details"]["state"] == "lost"
+    assert payload["details"]["exit_code"] is None
     assert "supervisor disappeared" in payload["message"]
     assert payload["tail"] == ["ready"]
 
@@ -190,7 +190,7 @@ async def test_timeout_event_for_a_process_still_running(hook: LocalProcessHook)
     assert 0.4 <= time.monotonic() - started < 5
     payload = events[0].payload
     assert payload["status"] == "timeout"
-    assert payload["exit_code"] is None
+    assert payload["details"]["exit_code"] is None
     assert "still running at the deadline" in payload["message"]
     # The trigger only reports; stopping is the operator's job.
     assert hook.status("slow").state == RUNNING
@@ -198,7 +198,7 @@ async def test_timeout_event_for_a_process_still_running(hook: LocalProcessHook)
 
 async def test_absent_process_dir(tmp_path: Path) -> None:
     payload = (await events_of(make_trigger(tmp_path / "state" / "never")))[0].payload
-    assert payload["status"] == "absent"
+    assert payload["status"] == "gone" and payload["details"]["state"] == "absent"
     assert payload["message"] == "no such process was ever started"
     assert payload["tail"] == []
 

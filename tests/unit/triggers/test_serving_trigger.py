@@ -163,7 +163,7 @@ async def test_rebuilt_trigger_behaves_the_same(make_server: Callable[[int | Non
     server.paths.clear()  # the rebuilt trigger sees LOADING once too
     second = await events_of(rebuilt)
     assert first == second
-    assert first[0].payload["status"] == "available"
+    assert first[0].payload["status"] == "success"
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -174,8 +174,8 @@ async def test_available_after_loading(make_server: Callable[[int | None], Statu
     events = await events_of(make_trigger(server.url + "/"))
     assert len(events) == 1
     payload = events[0].payload
-    assert payload["status"] == "available"
-    assert payload["url"] == server.url + "/"
+    assert payload["status"] == "success"
+    assert payload["details"]["url"] == server.url + "/"
     assert "AVAILABLE" in payload["message"] and "HTTP 200" in payload["message"]
     # Three LOADING answers, then the AVAILABLE one; always the version-specific status URL.
     assert server.paths == [STATUS_PATH] * 4
@@ -187,7 +187,7 @@ async def test_available_while_the_server_process_runs(
     server = make_server(2)
     hook.start("serve-ok", [sys.executable, "-c", "import time; time.sleep(60)"])
     events = await events_of(make_trigger(server.url, process_dir=str(hook.process_dir("serve-ok"))))
-    assert events[0].payload["status"] == "available"
+    assert events[0].payload["status"] == "success"
     assert hook.status("serve-ok").state == RUNNING
 
 
