@@ -14,54 +14,55 @@ import pytest
 from airflow_provider_mlpipe.exceptions import DatasetError, ServingError
 from airflow_provider_mlpipe.serving_signature import TensorInfo, parse_metadata, prepare_instances
 
-# The layout (key order, whitespace, int64 sizes as strings, "defaults": {}) of what TF Serving 2.x answers
-# for a Keras 3 `model.export()` SavedModel; this one is a 13-feature, 3-class classifier.
-RECORDED = Path(__file__).parent / "data" / "tf_serving_metadata_keras3_tabular.json"
+# A reference answer written by hand, NOT recorded from a running TF Serving (none can run here): the
+# layout (key order, int64 sizes as strings, "defaults": {}) that TF Serving 2.x documents and answers for
+# a Keras 3 `model.export()` SavedModel, here for a 13-feature, 3-class classifier.
+REFERENCE = Path(__file__).parent / "data" / "tf_serving_metadata_keras3_tabular.json"
 WHERE = "wine v4 at http://serving:8501"
 
 
 @pytest.fixture
-def recorded() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(RECORDED.read_text())
+def reference() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(REFERENCE.read_text())
     return doc
 
 
-def test_parses_the_recorded_tf_serving_answer(recorded: dict[str, Any]) -> None:
-    sig = parse_metadata(recorded, where=WHERE)
+def test_parses_the_reference_tf_serving_answer(reference: dict[str, Any]) -> None:
+    sig = parse_metadata(reference, where=WHERE)
     assert sig.key == "serving_default"
     assert sig.single_input() == TensorInfo("input_layer", "DT_FLOAT", (-1, 13))
     assert sig.single_input().numpy_dtype == np.float32
     assert sig.output() == TensorInfo("output_0", "DT_FLOAT", (-1, 3))
     assert sig.output_width() == 3
-    init = parse_metadata(recorded, signature="__saved_model_init_op", where=WHERE)
+    init = parse_metadata(reference, signature="__saved_model_init_op", where=WHERE)
     assert init.inputs == {} and init.outputs["__saved_model_init_op"].shape is None
 
 
-def test_unknown_signature_and_missing_sections_are_named(recorded: dict[str, Any]) -> None:
+def test_unknown_signature_and_missing_sections_are_named(reference: dict[str, Any]) -> None:
     with pytest.raises(
         ServingError, match=re.escape(f"{WHERE}: the model has no signature 'predict': expected")
     ):
-        parse_metadata(recorded, signature="predict", where=WHERE)
+        parse_metadata(reference, signature="predict", where=WHERE)
     with pytest.raises(ServingError, match=re.escape("has no 'metadata.signature_def'")):
         parse_metadata({"metadata": {}}, where=WHERE)
-    broken = copy.deepcopy(recorded)
+    broken = copy.deepcopy(reference)
     del broken["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]
     with pytest.raises(
         ServingError, match=re.escape("signature 'serving_default': the model metadata has no 'outputs'")
     ):
         parse_metadata(broken, where=WHERE)
-    broken = copy.deepcopy(recorded)
+    broken = copy.deepcopy(reference)
     sig = broken["metadata"]["signature_def"]["signature_def"]["serving_default"]
     sig["inputs"]["input_layer"]["tensor_shape"]["dim"][1]["size"] = "thirteen"
     with pytest.raises(ServingError, match=re.escape("tensor 'input_layer' has tensor_shape")):
         parse_metadata(broken, where=WHERE)
 
 
-def test_several_inputs_or_outputs_need_a_choice(recorded: dict[str, Any]) -> None:
-    sig_doc = recorded["metadata"]["signature_def"]["signature_def"]["serving_default"]
+def test_several_inputs_or_outputs_need_a_choice(reference: dict[str, Any]) -> None:
+    sig_doc = reference["metadata"]["signature_def"]["signature_def"]["serving_default"]
     sig_doc["inputs"]["mask"] = sig_doc["inputs"]["input_layer"]
     sig_doc["outputs"]["logits"] = sig_doc["outputs"]["output_0"]
-    sig = parse_metadata(recorded, where=WHERE)
+    sig = parse_metadata(reference, where=WHERE)
     with pytest.raises(
         ServingError, match=re.escape("has inputs ['input_layer', 'mask']: expected exactly one")
     ):
