@@ -6,22 +6,12 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_mlpipe.datasets.fashion_mnist import CLASS_NAMES as FASHION_CLASS_NAMES
 from airflow_provider_mlpipe.exceptions import ConfigError
 from airflow_provider_mlpipe.sensors.approval import ApprovalSensor, render_evidence
 
 DIGEST = "sha256:" + "ab" * 32
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASS_NAMES = list(FASHION_CLASS_NAMES)
 
 EVIDENCE: dict[str, Any] = {
     "training": {
