@@ -39,12 +39,23 @@ def local_host() -> str:
     return _get("local_host", "127.0.0.1")
 
 
-def production_port() -> int:
-    raw = _get("production_port", "8501")
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError("[mlpipe] production_port", raw, "an integer TCP port") from None
+def _port(name: str, raw: str) -> int:
+    if not raw.strip().isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(name, raw, "an integer TCP port (1-65535)")
+    return int(raw)
+
+
+def production_port(model_name: str | None = None) -> int:
+    """The local runtime's production port for `model_name`: its entry in `[mlpipe] production_ports`
+    (`digits=8502, churn=8503`), else `[mlpipe] production_port` (8501)."""
+    mapping = _get("production_ports", "")
+    for item in filter(None, (part.strip() for part in mapping.split(","))):
+        name, eq, raw = item.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError("[mlpipe] production_ports", mapping, "comma-separated model=port pairs")
+        if name.strip() == model_name:
+            return _port(f"[mlpipe] production_ports[{model_name}]", raw.strip())
+    return _port("[mlpipe] production_port", _get("production_port", "8501"))
 
 
 def kubernetes_conn_id() -> str:

@@ -16,8 +16,8 @@ from typing import Any
 
 from airflow_provider_mlpipe.exceptions import ConfigError
 from airflow_provider_mlpipe.params import DIGEST_EXPECTED, DIGEST_RE
+from airflow_provider_mlpipe.training import trainer_env
 
-TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
 FETCH_MODULE = "airflow_provider_mlpipe.images.serving.fetch"
 REST_PORT = 8501
 GRPC_PORT = 8500
@@ -213,25 +213,28 @@ def train_job(
     ttl_seconds_after_finished: int = 24 * 3600,
     service_account: str = "",
 ) -> dict[str, Any]:
-    """batch/v1 Job running the trainer of `image` (pinned by digest) for one model version."""
+    """batch/v1 Job running `image` (pinned by digest, its own entrypoint) for one model version."""
     meta_labels = labels("training", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
-    env: list[dict[str, Any]] = [
-        {"name": "MLPIPE_MODEL_STORE", "value": model_store},
-        {"name": "MLPIPE_MODEL_NAME", "value": model_name},
-        {"name": "MLPIPE_MODEL_VERSION", "value": str(version)},
-        {"name": "MLPIPE_IMAGE", "value": image},
-        {"name": "MLPIPE_IMAGE_DIGEST", "value": digest},
-        {"name": "MLPIPE_RUN_ID", "value": run_key},
+    # The training contract (airflow_provider_mlpipe.training): the same variables the local runtime sets.
+    contract = trainer_env(
+        model_store=model_store,
+        model_name=model_name,
+        version=version,
+        dataset=dataset,
+        image=image,
+        digest=digest,
+        run_key=run_key,
+        hyperparameters=hyperparameters,
+    )
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in contract.items()]
+    env += [
         {"name": "MLPIPE_SCRATCH_DIR", "value": SCRATCH_DIR},
         # Keras and TensorFlow write caches under HOME and TMPDIR: both are writable volumes.
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if dataset:
-        env.append({"name": "MLPIPE_DATASET", "value": dataset})
     env.extend(oss_env(oss_secret, required=uses_oss(model_store, dataset)))
-    args = [f"--{key.replace('_', '-')}={value}" for key, value in sorted(hyperparameters.items())]
     tolerations = list(tolerations or [])
     if gpus > 0 and not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
@@ -243,8 +246,7 @@ def train_job(
                 "name": "trainer",
                 "image": pinned_image(image, digest),
                 "imagePullPolicy": "IfNotPresent",
-                "command": ["python", "-m", TRAINER_MODULE],
-                "args": args,
+                # No command: the image's own entrypoint is the trainer (any team's image, any language).
                 "env": env,
                 "resources": training_resources(cpu, memory, gpus),
                 "securityContext": container_security_context(),

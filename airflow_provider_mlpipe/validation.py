@@ -8,10 +8,11 @@ dataset on disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
 from airflow_provider_mlpipe.params import (
     DIGEST_EXPECTED,
     DIGEST_RE,
@@ -105,14 +106,26 @@ def check_route_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
-def check_run_params(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def check_dataset_exists(path: str) -> None:
+    """The generic check of a local `dataset`: it exists. What it must hold is its trainer's business (a
+    pipeline may pass a stricter check of its own format: `build_pipeline(dataset_check=...)`)."""
+    if not Path(path).exists():
+        raise DatasetError(f"dataset {path!r} does not exist: expected a directory or file the trainer reads")
+
+
+def check_run_params(
+    params: Mapping[str, Any],
+    conf: Mapping[str, Any] | None = None,
+    *,
+    check_dataset: Callable[[str], object] | None = None,
+) -> dict[str, Any]:
     """Everything a run needs, checked before any work starts (the DAG's `validate_params` task).
 
     `params` are the run's params (defaults merged with its conf), `conf` the conf as it was given:
     Airflow accepts a conf key that no param defines, so this is where such a key is refused.
+    `check_dataset` checks a local (not oss://) dataset location; default: that it exists.
     """
     from airflow_provider_mlpipe import config
-    from airflow_provider_mlpipe.datasets import check_dataset_dir
     from airflow_provider_mlpipe.modelstore.store import check_model_name
 
     given = dict(conf or {})
@@ -138,6 +151,6 @@ def check_run_params(params: Mapping[str, Any], conf: Mapping[str, Any] | None =
     check_combination(params)
     dataset = params.get("dataset") or ""
     if dataset and not str(dataset).startswith("oss://"):
-        check_dataset_dir(str(dataset).removeprefix("file://"))
+        (check_dataset or check_dataset_exists)(str(dataset).removeprefix("file://"))
     checked["dataset"] = dataset
     return checked

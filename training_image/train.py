@@ -46,7 +46,8 @@ from airflow_provider_mlpipe.datasets import (
 from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
 from airflow_provider_mlpipe.holds import hold
 from airflow_provider_mlpipe.modelstore import METRICS, open_store
-from airflow_provider_mlpipe.params import DIGEST_EXPECTED, DIGEST_RE, HYPERPARAMETERS, image_digest
+from airflow_provider_mlpipe.params import DIGEST_EXPECTED, DIGEST_RE, HYPERPARAMETERS
+from airflow_provider_mlpipe.training import manifest_digest
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -263,17 +264,6 @@ def validate_args(ns: argparse.Namespace) -> TrainConfig:
         run_id=_raw(ns, "--run-id")[0],
         scratch_dir=scratch,
     )
-
-
-def manifest_digest(image: str | None, digest: str | None) -> str | None:
-    """The digest the manifest records: `digest` when given, else the one a pinned `image` reference
-    (`repo@sha256:...`) carries, so a run started with a pinned reference alone still names its image."""
-    if digest:
-        return digest
-    pinned = image_digest(image)
-    if pinned is not None and DIGEST_RE.fullmatch(pinned):
-        return pinned
-    return digest
 
 
 def _configure_logging() -> None:

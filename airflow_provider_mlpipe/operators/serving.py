@@ -48,7 +48,8 @@ class ServingDeployOperator(StoreOperator, RuntimeOperator):
         (rolling back a first-ever deployment leaves no production endpoint).
     :param skip_unless_ran: task id; skip unless that task ran in this run (a rollback has nothing to
         undo when the deployment it guards never started).
-    :param port: fixed port; default `[mlpipe] production_port` for production, a free port for staging.
+    :param port: fixed port; default for production: the model's `[mlpipe] production_ports` entry, else
+        `[mlpipe] production_port`; a free port for staging.
     :param ready_timeout: how long to wait for the model to become AVAILABLE (Kubernetes: for the
         rollout, and as long again for a LoadBalancer's external address).
     :param replicas: / :param cpu: / :param memory: Kubernetes: serving pods and their requests.

@@ -35,6 +35,10 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
     :param dataset: the trainer's dataset location (a directory, `file://` or `oss://`);
         empty: the trainer's default (`MLPIPE_DATASET_DIR`, the shared copy, else Keras' download).
     :param hyperparameters: epochs, batch_size, learning_rate, seed, threads, train_limit, test_limit.
+        The trainer receives them as `MLPIPE_<NAME>` environment variables (airflow_provider_mlpipe.training).
+    :param local_command: local runtime: the command that stands in for `image` on this machine (argv; a
+        leading `python` is the worker's interpreter); None: the trainer this repository ships
+        (training_image/). A Kubernetes Job runs the image's own entrypoint.
     :param training_timeout: longest the training may run before it is stopped and the task fails.
     :param poll_interval: seconds between status checks while deferred.
     :param gpus: Kubernetes: `nvidia.com/gpu` limit of the training pod (0: none).
@@ -76,6 +80,7 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
         digest: str = "",
         dataset: str | None = None,
         hyperparameters: dict[str, Any] | None = None,
+        local_command: Sequence[str] | None = None,
         training_timeout: timedelta = timedelta(hours=6),
         poll_interval: float = 5.0,
         gpus: int | str = 0,
@@ -92,6 +97,13 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
         self.digest = digest
         self.dataset = dataset
         self.hyperparameters = hyperparameters or {}
+        if local_command is not None and (
+            isinstance(local_command, str)
+            or not local_command
+            or not all(isinstance(a, str) for a in local_command)
+        ):
+            raise ConfigError("local_command", local_command, "a non-empty list of strings (argv)")
+        self.local_command = tuple(local_command or ())
         if training_timeout.total_seconds() <= 0:
             raise ConfigError("training_timeout", training_timeout, "a positive duration")
         self.training_timeout = training_timeout
@@ -117,6 +129,7 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
             timeout=self.training_timeout,
             poll_interval=self.poll_interval,
             dag_id=context["dag"].dag_id,
+            command=self.local_command,
             gpus=self.gpus,
             cpu=str(self.cpu),
             memory=str(self.memory),

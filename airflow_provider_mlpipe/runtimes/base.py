@@ -109,6 +109,9 @@ class TrainingSpec:
     timeout: timedelta
     poll_interval: float
     dag_id: str = ""
+    # The local runtime's stand-in for the image (argv); empty: the trainer this repository ships. A Job
+    # runs the image's own entrypoint.
+    command: tuple[str, ...] = ()
     gpus: int | str = 0
     cpu: str = "2"
     memory: str = "4Gi"

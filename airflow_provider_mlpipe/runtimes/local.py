@@ -29,6 +29,7 @@ from airflow_provider_mlpipe.runtimes.base import (
     TrainingStarted,
     Wait,
 )
+from airflow_provider_mlpipe.training import trainer_env
 from airflow_provider_mlpipe.triggers.local_process import LocalProcessTrigger
 from airflow_provider_mlpipe.triggers.serving import ServingReadyTrigger
 from airflow_provider_mlpipe.validation import check_hyperparameters
@@ -73,23 +74,30 @@ class LocalRuntime(Runtime):
         }
 
     @staticmethod
-    def trainer_argv(spec: TrainingSpec, version: int, run_key: str) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            TRAINER_MODULE,
-            f"--model-store={spec.store.store.uri}",
-            f"--model-name={spec.model_name}",
-            f"--version={version}",
-            f"--image={spec.image}",
-            f"--digest={spec.digest}",
-            f"--run-id={run_key}",
-        ]
-        if spec.dataset:
-            argv.append(f"--dataset={spec.dataset}")
-        for key, value in check_hyperparameters(spec.hyperparameters).items():
-            argv.append(f"--{key.replace('_', '-')}={value}")
-        return argv
+    def trainer_command(spec: TrainingSpec) -> list[str]:
+        """What stands in for the training image here: the spec's command, else the trainer this
+        repository ships (training_image/). A leading `python` is this worker's own interpreter, so the
+        trainer sees the packages the provider was installed with."""
+        command = list(spec.command) or ["python", "-m", TRAINER_MODULE]
+        if command[0] == "python":
+            command[0] = sys.executable
+        return command
+
+    @staticmethod
+    def trainer_environment(spec: TrainingSpec, version: int, run_key: str) -> dict[str, str]:
+        """The training contract's environment (airflow_provider_mlpipe.training), as a Job's pod gets it,
+        plus the store's credentials (oss://): a process environment only, never argv or state files."""
+        env = trainer_env(
+            model_store=spec.store.store.uri,
+            model_name=spec.model_name,
+            version=version,
+            dataset=spec.dataset,
+            image=spec.image,
+            digest=spec.digest,
+            run_key=run_key,
+            hyperparameters=check_hyperparameters(spec.hyperparameters),
+        )
+        return {**env, **spec.store.child_env()}
 
     def start_training(self, spec: TrainingSpec, *, version: int, run_key: str) -> TrainingStarted:
         name = training_process_name(spec.model_name, version)
@@ -97,10 +105,9 @@ class LocalRuntime(Runtime):
         self._started_training = name
         status, adopted = self.process_hook.start(
             name,
-            self.trainer_argv(spec, version, run_key),
+            self.trainer_command(spec),
             metadata={"run": run_key, "model_name": spec.model_name, "version": version, "image": spec.image},
-            # Store credentials (oss://) travel as the process environment only, never argv or state files.
-            env=spec.store.child_env(),
+            env=self.trainer_environment(spec, version, run_key),
         )
         handle = self._training_handle(name)
         if adopted and status.state == SUCCEEDED:
@@ -135,6 +142,21 @@ class LocalRuntime(Runtime):
         metadata = self._running_metadata(name)
         return metadata.get("version") if metadata else None
 
+    def _production_port(self, model_name: str, name: str) -> int:
+        """`[mlpipe] production_port(s)` for the model, refused when another model's production holds it
+        (two models on one port would each replace the other's server)."""
+        port = config.production_port(model_name)
+        state_dir = self.process_hook.state_dir
+        others = sorted(p.name for p in state_dir.glob("*-production") if p.is_dir() and p.name != name)
+        for other in others:
+            metadata = self._running_metadata(other)
+            if metadata and str(metadata.get("url", "")).endswith(f":{port}"):
+                raise ServingError(
+                    f"endpoint {name}: port {port} is held by {other}; give {model_name} a port of its own: "
+                    f"[mlpipe] production_ports = {model_name}=<port>"
+                )
+        return port
+
     def deploy_serving(self, spec: ServingSpec, *, name: str, version: int, run_key: str) -> ServingStarted:
         metadata = self._running_metadata(name)
         previous = metadata.get("version") if metadata else None
@@ -147,7 +169,9 @@ class LocalRuntime(Runtime):
                 self.process_hook.stop(name)
             host = config.local_host()
             port = spec.port or (
-                config.production_port() if spec.endpoint == "production" else _free_port(host)
+                self._production_port(spec.model_name, name)
+                if spec.endpoint == "production"
+                else _free_port(host)
             )
             url = f"http://{host}:{port}"
             # file:// serves from the store itself; oss:// from a verified local copy of the version.

@@ -10,7 +10,8 @@ What is emulated, and how:
 - the Kubernetes API server: kmock + shim (tests/kubernetes_emulator.py), served over HTTP from this test
   process and given to every Airflow process as the `kubernetes_emulator` connection;
 - the kubelet and the controllers: `PodActor` below watches the emulated API and "runs" each pod spec by
-  executing its containers' command and args as local processes, with the env from the manifest
+  executing its containers' command and args as local processes (a container without a command runs its
+  image's ENTRYPOINT, read from the Dockerfile that builds the image), with the env from the manifest
   (secretKeyRef resolved from a fake Secret), `/models` and `/scratch` mapped to temporary directories;
   it writes the pod, its log and the Job / Deployment status back. TF Serving's main container
   (`tensorflow_model_server`) is replaced by its REST-compatible stand-in, serving_image/server.py, with
@@ -106,6 +107,21 @@ def _in_mount(value: str, mount: str) -> bool:
     return value == mount or value.startswith(f"{mount}/")
 
 
+# The Dockerfile building each image the pipeline runs without a command (the training Job).
+IMAGE_DOCKERFILES = {"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer": "training_image/Dockerfile"}
+
+
+def image_entrypoint(image: str) -> list[str]:
+    """The ENTRYPOINT (exec form) of the Dockerfile that builds `image`, as a container runtime runs it."""
+    repository = image.split("@")[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    dockerfile = Path(__file__).resolve().parents[2] / IMAGE_DOCKERFILES[repository]
+    (line,) = [x for x in dockerfile.read_text().splitlines() if x.startswith("ENTRYPOINT ")]
+    entrypoint: list[str] = json.loads(line.removeprefix("ENTRYPOINT "))
+    return entrypoint
+
+
 class PodActor(threading.Thread):
     """Plays kubelet + Job and Deployment controllers + load balancer for the emulated cluster."""
 
@@ -155,7 +171,8 @@ class PodActor(threading.Thread):
 
     @staticmethod
     def _argv(container: dict[str, Any], mapped: dict[str, str]) -> list[str]:
-        argv = [*container["command"], *container.get("args", [])]
+        command = container.get("command") or image_entrypoint(container["image"])
+        argv = [*command, *container.get("args", [])]
         out = []
         for arg in argv:
             flag, eq, value = arg.partition("=")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 import requests
+from numpy import load as np_load
 
 from airflow_provider_mlpipe.demo.stack import AirflowClient, AirflowStack, StackConfig, free_port
 from airflow_provider_mlpipe.hooks.local_process import RUNNING, LocalProcessHook
@@ -32,6 +35,10 @@ from airflow_provider_mlpipe.modelstore import open_store
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 DAG_ID = "mlpipe_fashion_mnist"
+# The second example pipeline (dags/mlpipe_digits.py): another team's image, model shape and data.
+DIGITS_DAG_ID = "mlpipe_digits"
+DIGITS_MODEL = "digits"
+REPO = Path(__file__).resolve().parents[2]
 SMALL = {"epochs": 2, "train_limit": 3000, "test_limit": 1000}
 BASE_CONF: dict[str, Any] = {
     "image": "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:e2e",
@@ -67,7 +74,9 @@ def stack(
             dataset_dir=str(fashion_mnist_dir),
             users={"admin": ("admin", "admin-pw"), "intruder": ("op", "intruder-pw")},
             # The webhook reads its secret and routes afresh on every push: `secret_run` sets them late.
-            extra_config={"mlpipe": {"acr_webhook_config_ttl": "0"}},
+            extra_config={
+                "mlpipe": {"acr_webhook_config_ttl": "0", "production_ports": f"{DIGITS_MODEL}={free_port()}"}
+            },
             **extra,
         )
     )
@@ -573,3 +582,54 @@ def test_rollback_restores_the_previous_model_and_production_serves_it(
     )
     assert resp.status_code == 200 and len(resp.json()["predictions"][0]) == 10
     assert _running_endpoints(stack) == ["serve-fashion-mnist-production"]
+
+
+def test_a_second_team_pipeline_runs_end_to_end_with_its_own_image_model_and_data(
+    stack: AirflowStack, admin: AirflowClient, tmp_path: Path
+) -> None:
+    """dags/mlpipe_digits.py (the pipeline factory, a few lines) trains its own trainer on scikit-learn's
+    8x8 digits through the same provider code: its model takes `features` [batch, 64] where the
+    Fashion-MNIST one takes [batch, 28, 28], and both gates score the .npz the README's step wrote."""
+    dataset = tmp_path / "digits-data"
+    # The README's data step, verbatim but for the directory.
+    subprocess.run(
+        [sys.executable, "training_image/examples/digits/prepare_data.py", str(dataset)], cwd=REPO, check=True
+    )
+    admin.wait_for_dag(DIGITS_DAG_ID)
+    admin.unpause(DIGITS_DAG_ID)
+    conf = {
+        "image": "registry.cn-hangzhou.aliyuncs.com/team-b/digits-trainer:e2e",
+        "digest": "sha256:" + "d1" * 32,
+        "dataset": str(dataset),
+        "approvers": ["admin"],
+    }
+    run_id = admin.trigger(DIGITS_DAG_ID, conf, run_id="e2e-digits")
+    states = admin.wait_for_run(DIGITS_DAG_ID, run_id, timeout=600, until_task=("approval", "awaiting_input"))
+    assert states["approval"] == "awaiting_input", states
+    staging = admin.xcom(DIGITS_DAG_ID, run_id, "evaluate_staging")
+    assert stack.respond(admin, DIGITS_DAG_ID, run_id, "approval", "Approve").status_code == 200
+    states = admin.wait_for_run(DIGITS_DAG_ID, run_id, timeout=600)
+    assert admin.run_state(DIGITS_DAG_ID, run_id) == "success", states
+
+    # The gate learnt the input from the served model's metadata and the class names from the manifest.
+    assert staging["input"] == {"name": "features", "dtype": "DT_FLOAT", "shape": [-1, 64]}
+    assert staging["class_names"] == [str(digit) for digit in range(10)]
+    assert staging["samples"] == 450 and staging["accuracy"] >= 0.9
+    assert staging["evaluation_data"].endswith("digits-data/test.npz")
+    trained = admin.xcom(DIGITS_DAG_ID, run_id, "train")
+    store = _store(stack)
+    assert store.get_alias(DIGITS_MODEL, "production")["version"] == trained["version"]
+    manifest = store.read_manifest(DIGITS_MODEL, trained["version"])
+    assert manifest["trainer"] == "training_image/examples/digits/train.py"
+    assert manifest["digest"] == conf["digest"] and manifest["image"] == conf["image"]
+
+    # Production answers on the digits model's own port, beside the Fashion-MNIST production endpoint.
+    url = admin.xcom(DIGITS_DAG_ID, run_id, "deploy_production")["url"]
+    assert url.endswith(f":{stack.config.extra_config['mlpipe']['production_ports'].split('=')[1]}")
+    with np_load(dataset / "test.npz") as data:
+        rows, labels = data["inputs"][:20].tolist(), data["labels"][:20].tolist()
+    answer = requests.post(f"{url}/v1/models/{DIGITS_MODEL}:predict", json={"instances": rows}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    predicted = [max(range(10), key=p.__getitem__) for p in answer.json()["predictions"]]
+    assert sum(p == y for p, y in zip(predicted, labels, strict=True)) >= 17
+    assert "serve-digits-production" in _running_endpoints(stack)

@@ -214,8 +214,11 @@ def test_job_spec() -> None:
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == f"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
-    assert container["command"] == ["python", "-m", manifests.TRAINER_MODULE]
-    assert container["args"] == ["--epochs=2", "--learning-rate=0.003"]
+    # The image's own entrypoint runs; the contract's settings travel as environment variables.
+    assert "command" not in container and "args" not in container
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLPIPE_EPOCHS"] == "2" and env["MLPIPE_LEARNING_RATE"] == "0.003"
+    assert env["MLPIPE_MODEL_VERSION"] == "3" and env["MLPIPE_MODEL_STORE"] == "oss://models-bucket/mlpipe"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["restartPolicy"] == "Never"
     assert pod["nodeSelector"] == {"gpu": "yes"}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_mlpipe.datasets.fashion_mnist import FILES, TEST_LABELS
+from airflow_provider_mlpipe.datasets.fashion_mnist import FILES, TEST_LABELS, check_dataset_dir
 from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError, UnknownParamError
 from airflow_provider_mlpipe.retries import MAX_ATTEMPTS, MAX_MAX_DELAY, RetryPolicy
 from airflow_provider_mlpipe.validation import (
@@ -342,19 +342,28 @@ def test_check_run_params_dataset_missing_a_file(tmp_path: Path, as_uri: bool) -
         if name != TEST_LABELS:
             write_idx_gz(tmp_path / name, 3 if "images" in name else 1)
     dataset = tmp_path.as_uri() if as_uri else str(tmp_path)
+    # The generic check wants the location to exist; the Fashion-MNIST pipeline's wants its four files.
+    assert check_run_params(valid_params(dataset=dataset))["dataset"] == dataset
     with pytest.raises(DatasetError) as info:
-        check_run_params(valid_params(dataset=dataset))
+        check_run_params(valid_params(dataset=dataset), check_dataset=check_dataset_dir)
     message = str(info.value)
     assert f"missing {TEST_LABELS}" in message
     assert str(tmp_path) in message
     # Once the file is there, the same params pass.
     write_idx_gz(tmp_path / TEST_LABELS, 1)
-    assert check_run_params(valid_params(dataset=dataset))["dataset"] == dataset
+    assert (
+        check_run_params(valid_params(dataset=dataset), check_dataset=check_dataset_dir)["dataset"] == dataset
+    )
 
 
 def test_check_run_params_dataset_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist or is not a directory"):
+        check_run_params(valid_params(dataset=str(tmp_path / "nope")), check_dataset=check_dataset_dir)
+    with pytest.raises(DatasetError) as info:
         check_run_params(valid_params(dataset=str(tmp_path / "nope")))
+    assert str(info.value) == (
+        f"dataset {str(tmp_path / 'nope')!r} does not exist: expected a directory or file the trainer reads"
+    )
 
 
 # ----------------------------------------------------------------------- unknown keys, combinations

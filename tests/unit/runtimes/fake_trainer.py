@@ -1,26 +1,23 @@
 """A stand-in for the training image's entrypoint, run by the local runtime's tests as a real process:
-takes the trainer's arguments, then (FAKE_TRAINER env) publishes the version, fails, or runs until stopped.
+reads the training contract's environment, then (FAKE_TRAINER env) publishes the version, fails, or runs
+until stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from airflow_provider_mlpipe.modelstore import open_store
+from airflow_provider_mlpipe.training import TrainingRun
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    for flag in ("--model-store", "--model-name", "--version", "--image", "--digest", "--run-id"):
-        parser.add_argument(flag, required=True)
-    args, _ = parser.parse_known_args()
+    run = TrainingRun.from_env()
     mode = os.environ.get("FAKE_TRAINER", "ok")
-    print(f"training {args.model_name} v{args.version}", flush=True)
+    print(f"training {run.model_name} v{run.version}", flush=True)
     if mode == "fail":
         print("train: error: --dataset: no such file", file=sys.stderr, flush=True)
         return 3
@@ -29,12 +26,11 @@ def main() -> int:
     time.sleep(float(os.environ.get("FAKE_TRAINER_SECONDS", "0")))
     with tempfile.TemporaryDirectory() as src:
         (Path(src) / "saved_model.pb").write_bytes(b"pb")
-        metrics = {"test_accuracy": 0.91, "per_class_accuracy": [0.9] * 10, "train_seconds": 1.0}
-        open_store(args.model_store).publish(
-            args.model_name,
-            int(args.version),
-            Path(src),
-            {"metrics": metrics, "image": args.image, "digest": args.digest},
+        run.publish(
+            src,
+            test_accuracy=0.91,
+            class_names=[str(i) for i in range(10)],
+            metrics={"per_class_accuracy": [0.9] * 10, "train_seconds": 1.0},
         )
     print("published", flush=True)
     return 0

@@ -163,9 +163,8 @@ def published(tmp_path: Path, store_uri: str) -> str:
 
 
 def deploy_op(store_uri: str, version: int | None, **kwargs: Any) -> ServingDeployOperator:
+    kwargs = {"task_id": "deploy_staging", "endpoint": "staging", **kwargs}
     return ServingDeployOperator(
-        task_id="deploy_staging",
-        endpoint="staging",
         version=version,
         model_store=store_uri,
         poll_interval=0.05,
@@ -248,3 +247,111 @@ def test_the_runtime_does_no_io_when_built(tmp_path: Path) -> None:
     runtime = LocalRuntime(state_dir=str(tmp_path / "nowhere"))
     runtime.cancel()
     assert not (tmp_path / "nowhere").exists()
+
+
+async def test_each_model_has_its_own_production_port_and_a_taken_one_is_refused(
+    state_dir: Path, published: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models in production on one machine: `[mlpipe] production_ports` gives each its port; a model
+    without an entry falls back to `production_port`, and taking another model's port is refused (its
+    server would be replaced) with the setting to change."""
+    from airflow_provider_mlpipe.demo.stack import free_port
+
+    store = open_store(published)
+    for model in ("digits", "churn"):
+        src = tmp_path / f"{model}-v1"
+        src.mkdir()
+        (src / "saved_model.pb").write_bytes(b"pb")
+        store.publish(model, 1, src, {"metrics": {}})
+    fashion_port, digits_port = free_port(), free_port()
+    monkeypatch.setenv("AIRFLOW__MLPIPE__PRODUCTION_PORT", str(fashion_port))
+    monkeypatch.setenv("AIRFLOW__MLPIPE__PRODUCTION_PORTS", f"digits = {digits_port}")
+    context = make_context()
+    urls = {}
+    for model in ("fashion_mnist", "digits"):
+        op = deploy_op(published, 1, endpoint="production", model_name=model, task_id=f"deploy_{model}")
+        deferred, event = await deploy(op, context)
+        urls[model] = resume(op, context, deferred, event)["url"]
+    assert urls == {
+        "fashion_mnist": f"http://127.0.0.1:{fashion_port}",
+        "digits": f"http://127.0.0.1:{digits_port}",
+    }
+
+    clash = deploy_op(published, 1, endpoint="production", model_name="churn", task_id="deploy_churn")
+    with pytest.raises(ServingError) as err:
+        await asyncio.to_thread(clash.execute, context)
+    assert str(err.value) == (
+        f"endpoint serve-churn-production: port {fashion_port} is held by serve-fashion-mnist-production; "
+        "give churn a port of its own: [mlpipe] production_ports = churn=<port>"
+    )
+    # The refused deploy left the other model's server alone.
+    assert LocalProcessHook(str(state_dir)).status("serve-fashion-mnist-production").state == RUNNING
+
+
+PORT = "an integer TCP port (1-65535)"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "digits",
+            "[mlpipe] production_ports='digits' is invalid: expected comma-separated model=port pairs",
+        ),
+        (
+            "digits=http",
+            "[mlpipe] production_ports[digits]='http' is invalid: expected an integer TCP port (1-65535)",
+        ),
+        (
+            "digits=70000",
+            "[mlpipe] production_ports[digits]='70000' is invalid: expected an integer TCP port (1-65535)",
+        ),
+    ],
+)
+def test_a_bad_production_ports_setting_names_itself(
+    setting: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_mlpipe import config
+    from airflow_provider_mlpipe.exceptions import ConfigError
+
+    monkeypatch.setenv("AIRFLOW__MLPIPE__PRODUCTION_PORTS", setting)
+    with pytest.raises(ConfigError) as err:
+        config.production_port("digits")
+    assert str(err.value) == message
+
+
+def test_the_trainer_gets_the_contract_environment_and_the_pipelines_command(
+    tmp_path: Path, store_uri: str
+) -> None:
+    """The local runtime runs the pipeline's stand-in for the image with the same variables a Job's pod
+    gets (manifests.train_job), `python` being this worker's interpreter."""
+    import sys
+
+    from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
+    from airflow_provider_mlpipe.runtimes.base import TrainingSpec
+
+    spec = TrainingSpec(
+        model_name="digits",
+        image="reg.io/team/digits:1",
+        digest="sha256:" + "a" * 64,
+        store=ModelStoreHook(store_uri),
+        dataset="/data/digits",
+        hyperparameters={"epochs": 3, "learning_rate": 0.01},
+        timeout=timedelta(minutes=5),
+        poll_interval=1,
+        command=("python", "team/train.py", "--fast"),
+    )
+    assert LocalRuntime.trainer_command(spec) == [sys.executable, "team/train.py", "--fast"]
+    assert LocalRuntime.trainer_environment(spec, 4, "dag/run") == {
+        "MLPIPE_MODEL_STORE": open_store(store_uri).uri,
+        "MLPIPE_MODEL_NAME": "digits",
+        "MLPIPE_MODEL_VERSION": "4",
+        "MLPIPE_IMAGE": "reg.io/team/digits:1",
+        "MLPIPE_IMAGE_DIGEST": "sha256:" + "a" * 64,
+        "MLPIPE_RUN_ID": "dag/run",
+        "MLPIPE_DATASET": "/data/digits",
+        "MLPIPE_EPOCHS": "3",
+        "MLPIPE_LEARNING_RATE": "0.01",
+    }
+    bundled = TrainingSpec(**{**spec.__dict__, "command": ()})
+    assert LocalRuntime.trainer_command(bundled) == [sys.executable, "-m", local.TRAINER_MODULE]
