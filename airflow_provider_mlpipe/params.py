@@ -177,7 +177,7 @@ RUN_PARAMS: dict[str, RunParam] = {
     "model_store": RunParam({"type": "string"}, "Model store URI; empty: [mlpipe] model_store", default=""),
     "dataset": RunParam(
         {"type": "string"},
-        "Dataset dir / file:// / oss://; empty: MLPIPE_DATASET_DIR or download",
+        "What the trainer reads (MLPIPE_DATASET): dir / file:// / oss://; empty: the trainer's default",
         default="",
     ),
     "min_accuracy": RunParam(FRACTION.schema(), "Accuracy gate floor", default=0.85),
