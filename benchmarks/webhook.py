@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = airflow_stack(home, dags_folder=dags, sql_alchemy_conn=db)
         # Set before the api-server starts: the webhook caches its settings for acr_webhook_config_ttl.
         stack.write_config()
-        stack.airflow("db", "migrate")
+        stack.migrate()
         routes = [{"repository": REPO, "tag": "*", "dag_id": DAG_ID}]
         stack.airflow("variables", "set", "mlpipe_acr_webhook_secret", SECRET)
         stack.airflow("variables", "set", "mlpipe_acr_routes", json.dumps(routes))

@@ -9,8 +9,9 @@ PostgreSQL/MySQL as highly available as Airflow itself. A local file would lose 
 replaced and would let two replicas each create "the" run.
 
 The table (`mlpipe_acr_webhook_event`) belongs to this provider, not to Airflow's schema: it has its own
-SQLAlchemy `MetaData`, so Airflow's migrations and `airflow db reset` never touch it, and it is created
-with `CREATE TABLE` if missing on first use (every replica may race to create it; the loser re-checks).
+SQLAlchemy `MetaData`, so Airflow's migrations and `airflow db reset` never touch it. It is created and
+altered by the provider's versioned migrations (`airflow_provider_mlpipe.migrations`), never at request
+time: the log checks the schema version once and refuses to work (the app answers 503) while it is behind.
 
 An event is committed (durable by the database's own guarantees) before the webhook answers 2xx.
 States:
@@ -44,12 +45,14 @@ from sqlalchemy import (
     Text,
     delete,
     insert,
-    inspect,
     or_,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
+
+from airflow_provider_mlpipe.migrations import EVENT_TABLE
+from airflow_provider_mlpipe.migrations import check as check_schema
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine, RowMapping
@@ -66,8 +69,9 @@ REJECTED = "rejected"
 STATES = (RECEIVED, PENDING, QUEUED, IGNORED, REJECTED)
 TERMINAL = (QUEUED, IGNORED, REJECTED)
 
-TABLE_NAME = "mlpipe_acr_webhook_event"
+TABLE_NAME = EVENT_TABLE
 
+# The current shape of the table, for queries; `migrations` creates and alters it.
 metadata = MetaData()
 events_table = Table(
     TABLE_NAME,
@@ -172,18 +176,14 @@ class EventLog:
         self._schema_lock = threading.Lock()
 
     def ensure_schema(self) -> None:
+        """Raise SchemaNotReadyError (naming the migration command) unless the migrations are applied;
+        checked once per instance, then free."""
         if self._schema_ready:
             return
         with self._schema_lock:
-            if self._schema_ready:
-                return
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-            except SQLAlchemyError:
-                # Another replica created it between our check and our CREATE: fine if it exists now.
-                if not inspect(self.engine).has_table(TABLE_NAME):
-                    raise
-            self._schema_ready = True
+            if not self._schema_ready:
+                check_schema(self.engine)
+                self._schema_ready = True
 
     def record(self, event: AcrPushEvent, event_id: str) -> tuple[EventRecord, bool]:
         """Commit the delivery; returns the stored event and whether this delivery created it.

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, event
 
 from airflow_provider_mlpipe.exceptions import PendingError, RejectedError
+from airflow_provider_mlpipe.migrations import upgrade
 from airflow_provider_mlpipe.webhooks.acr import DEFAULT_DAG_ID, DIGEST_PATTERN, Route, run_id_for
 from airflow_provider_mlpipe.webhooks.app import MAX_BODY_BYTES, TOKEN_HEADER, create_app
 from airflow_provider_mlpipe.webhooks.dispatch import TriggerOutcome, WebhookSettings, build_settings
@@ -110,6 +111,7 @@ def make_harness(tmp_path: Path) -> Harness:
     def _wal(dbapi_conn: Any, _: Any) -> None:
         dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
+    upgrade(engine)  # the provider's migrations, as a deployment runs them before the api-server starts
     events = EventLog(engine)
     airflow = FakeAirflow()
     config = {"current": WebhookSettings(secret=SECRET, routes=ROUTES, retry_interval=0.05, ttl=0)}
