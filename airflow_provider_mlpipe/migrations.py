@@ -110,7 +110,27 @@ def _v1_event_table(conn: Connection) -> None:
     frozen.create_all(conn)
 
 
-STEPS: tuple[Step, ...] = (Step(1, "ACR webhook event table", _v1_event_table),)
+def _v2_inbox(conn: Connection) -> None:
+    """The table becomes the webhook's inbox: runs are created behind it, so an event records when its run
+    was created (acknowledgement to run, on the events endpoint), the state that says so is `run_created`
+    (was `queued`), and dispatchers claim the oldest `received` events through an index."""
+    if "run_created_at" not in _columns(conn, EVENT_TABLE):
+        conn.execute(text(f"ALTER TABLE {EVENT_TABLE} ADD COLUMN run_created_at {_timestamp(conn)}"))
+    conn.execute(text(f"UPDATE {EVENT_TABLE} SET state = 'run_created' WHERE state = 'queued'"))
+    if f"idx_{EVENT_TABLE}_claim" not in _indexes(conn, EVENT_TABLE):
+        table = Table(EVENT_TABLE, MetaData(), autoload_with=conn)
+        Index(f"idx_{EVENT_TABLE}_claim", table.c.state, table.c.received_at).create(conn)
+
+
+def _timestamp(conn: Connection) -> str:
+    # What DateTime(timezone=True) is on each dialect (the type version 1 created received_at with).
+    return str(DateTime(timezone=True).compile(dialect=conn.dialect))
+
+
+STEPS: tuple[Step, ...] = (
+    Step(1, "ACR webhook event table", _v1_event_table),
+    Step(2, "ACR webhook inbox: run_created_at, state run_created, claim index", _v2_inbox),
+)
 HEAD = STEPS[-1].version
 
 
