@@ -284,6 +284,19 @@ class Dispatcher:
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     # One batch at a time in this process: a second would only wait on the first one's locks.
     _batch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
+    _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _db_slots(self, events: EventLog) -> threading.BoundedSemaphore:
+        """How many deliveries may use the database at once: one less than the pool keeps (Airflow's
+        `sql_alchemy_pool_size`), leaving one for the dispatcher. More would not go faster: each beyond the
+        pool opens a new database connection (a server process on PostgreSQL) and closes it again after one
+        INSERT, which under a burst cost more than the inserts themselves. The rest wait here, a few ms."""
+        with self._slots_lock:
+            if self._slots is None:
+                size = getattr(events.engine.pool, "size", lambda: 5)()
+                self._slots = threading.BoundedSemaphore(max(1, int(size) - 1))
+            return self._slots
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -311,12 +324,16 @@ class Dispatcher:
     def accept(self, event: AcrPushEvent, event_id: str) -> tuple[EventRecord, bool]:
         """Record a delivery durably (one INSERT for a new push); returns (event, new?).
 
-        A push no route matches is recorded `ignored` right away. A redelivery writes nothing but its count,
-        except that it hands a finished event back to the dispatcher when that is what a redelivery is for:
+        A push no route matches is recorded `ignored` right away. A redelivery writes nothing (a read answers
+        it), except that it hands a finished event back to the dispatcher when that is what a redelivery is for:
         an ignored digest now pushed with a routed tag, a rejected one (the route may be fixed), a run that
         was deleted (someone wants the image run again).
         """
         events = self.event_log()
+        with self._db_slots(events):
+            return self._accept(events, event, event_id)
+
+    def _accept(self, events: EventLog, event: AcrPushEvent, event_id: str) -> tuple[EventRecord, bool]:
         route, problem = self.route(event.repo_full_name, event.tag)
         ignored = route is None and problem is not None and problem.startswith("ignored")
         image = (

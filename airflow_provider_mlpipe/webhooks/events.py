@@ -178,7 +178,6 @@ class EventRecord:
             "run_id": self.run_id or (self.event_id if self.state in (RECEIVED, PENDING) else None),
             "image": self.image,
             "reason": self.reason,
-            "deliveries": self.deliveries,
             "attempts": self.attempts,
             "received_at": self.received_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
@@ -250,7 +249,9 @@ class EventLog:
                 .values(**values)
                 .on_conflict_do_nothing(index_elements=[events_table.c.event_id])
             )
-            with self.engine.begin() as conn:
+            # Autocommit: the INSERT commits itself (as durably: the same WAL flush), one round trip fewer
+            # than BEGIN ... COMMIT on the path every delivery takes.
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 inserted = conn.execute(stmt).rowcount == 1
         else:
             try:
@@ -264,22 +265,14 @@ class EventLog:
         return EventRecord.from_row(values)  # type: ignore[arg-type]
 
     def redelivered(self, event_id: str) -> EventRecord:
-        """Count a repeated delivery; returns the stored event. Nothing else changes."""
-        stmt = (
-            update(events_table)
-            .where(events_table.c.event_id == event_id)
-            .values(deliveries=events_table.c.deliveries + 1)
-        )
-        with self.engine.begin() as conn:
-            if self.engine.dialect.update_returning:
-                row = conn.execute(stmt.returning(*events_table.c)).mappings().first()
-                if row is not None:
-                    return EventRecord.from_row(row)
-            else:
-                conn.execute(stmt)
+        """The stored event, for answering a redelivery: a plain read, nothing written.
+
+        Not even a delivery count: an UPDATE would wait for the row lock of a dispatcher that has the event
+        in its batch (the whole batch's transaction), which is what made redeliveries the slow tail.
+        """
         stored = self.get(event_id)
         if stored is None:  # pragma: no cover - only if someone deletes the row between our two statements
-            raise RuntimeError(f"event {event_id} vanished while a redelivery was counted")
+            raise RuntimeError(f"event {event_id} vanished while a redelivery was answered")
         return stored
 
     def rearm(self, event: AcrPushEvent, event_id: str, from_state: str) -> EventRecord | None:
@@ -384,7 +377,8 @@ class EventLog:
     # ------------------------------------------------------------------------------------- queries
     def get(self, event_id: str) -> EventRecord | None:
         self.ensure_schema()
-        with self.engine.connect() as conn:
+        # Autocommit: a single read needs no transaction, nor the ROLLBACK round trip that closes one.
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             row = conn.execute(select(events_table).where(events_table.c.event_id == event_id)).mappings()
             first = row.first()
         return EventRecord.from_row(first) if first else None
