@@ -117,3 +117,8 @@ class PendingError(MlpipeError):
 class RejectedError(MlpipeError):
     """Airflow refused the run of an ACR push event for good (the DAG's Params reject the conf, manual runs
     not allowed)."""
+
+
+class SchemaNotReadyError(MlpipeError):
+    """The provider's tables in the metadata database are missing or behind its migrations; the message
+    names the command that brings them up to date."""

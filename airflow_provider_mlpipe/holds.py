@@ -2,9 +2,12 @@
 
 A fault test must inject its fault while a step is in a given state (training still running, an evaluation
 request in flight). Racing the step with a clock passes on an idle machine and fails on a busy one, so the
-trainer and the serving server each have one named point where they wait while a file exists:
+trainer, the serving server and the ACR webhook's dispatcher each have one named point where they wait
+while a file exists:
 
-    MLPIPE_HOLD_<POINT>=/path/to/file   (points: TRAINING_EPOCH, PREDICT)
+    MLPIPE_HOLD_<POINT>=/path/to/file   (points: TRAINING_EPOCH, PREDICT, DISPATCH_BATCH)
+
+DISPATCH_BATCH: the dispatcher has written a batch's runs and outcomes and not committed them.
 
 The step logs one line when it starts waiting (the event a test waits for) and one when released. Unset,
 a hold point costs one environment lookup. Every hold ends after `MLPIPE_HOLD_MAX_SECONDS` (600 by default)

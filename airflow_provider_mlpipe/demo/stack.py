@@ -164,10 +164,23 @@ class AirflowStack:
             timeout=timeout,
         )
 
+    def migrate(self) -> None:
+        """Airflow's schema, then the provider's own tables (its versioned migrations), as a deployment
+        runs them before starting the api-server."""
+        self.airflow("db", "migrate")
+        subprocess.run(
+            [sys.executable, "-m", "airflow_provider_mlpipe.migrations", "upgrade"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+
     def start(self, components: Iterable[str] = COMPONENTS, timeout: float = 240) -> None:
         self.write_config()
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
-        self.airflow("db", "migrate")
+        self.migrate()
         self.components = [
             *components,
             *(f"celery-worker-{index}" for index in range(1, self.config.celery_workers + 1)),

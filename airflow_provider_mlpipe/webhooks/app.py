@@ -1,21 +1,22 @@
 """The FastAPI app the `mlpipe_webhooks` plugin mounts on Airflow's api-server at `/mlpipe`.
 
 - `POST /mlpipe/webhooks/acr?token=<secret>`: an ACR push event; one DAG run per (repository, digest).
-- `GET /mlpipe/webhooks/acr/events?token=<secret>&limit=50&state=pending`: recent events, their run ids,
-  event states and run states, and `routes_error`: why the routes Variable is unusable (null when it is
-  fine), e.g. a route's params naming a param the pipeline does not have.
+- `GET /mlpipe/webhooks/acr/events?token=<secret>&limit=50&state=pending`: recent events with their state
+  (`received`, `run_created`, `pending` with the `reason`, `ignored`, `rejected`), run ids and run states,
+  the time from acknowledgement to run creation (`ack_to_run_created_ms`), and `routes_error`: why the
+  routes Variable is unusable (null when it is fine).
 
 Airflow does not authenticate plugin apps, and ACR signs nothing, so every request must carry the shared
 secret (Variable `mlpipe_acr_webhook_secret`) as `?token=` or header `X-Mlpipe-Token`; it is compared in
 constant time, and a missing or wrong one gets a bare 401. The query parameter is named `token` because
 Airflow's access log redacts parameters with that name.
 
-Answers: 201 run created; 200 the run already existed (repeated delivery); 202 `pending` (recorded, run
-not created yet, retried; `run_id` is the id the run will get, as it is deterministic, and `reason` says
-why), `ignored` (no route) or `rejected` (the DAG refused the conf); 400 malformed
-JSON; 413 body over 64 KiB; 415 not JSON; 422 a field missing or wrong (named in `detail`); 503 the event
-could not be recorded, or a redelivery of a finished event could not be processed (nothing was accepted;
-the sender should retry). Client input never yields a 5xx.
+Answers: 202 the event is recorded (durably: committed) and its run will be created behind the inbox by
+the dispatcher; the body carries `event_id` and `run_id`, the id the run gets (deterministic), or `status`
+`ignored` when no route matches. 200 a redelivery of a known push: the same ids and its current state,
+nothing new recorded (its delivery count goes up). 400 malformed JSON; 413 body over 64 KiB; 415 not JSON;
+422 a field missing or wrong (named in `detail`); 503 the event could not be recorded (nothing was
+accepted; the sender should retry). Client input never yields a 5xx.
 """
 
 from __future__ import annotations
@@ -37,16 +38,16 @@ from starlette.concurrency import run_in_threadpool
 from airflow_provider_mlpipe.webhooks.acr import AcrPushEvent, run_id_for
 from airflow_provider_mlpipe.webhooks.dispatch import (
     CachedSettings,
+    CreateRunsFn,
     Dispatcher,
     RunStatesFn,
-    TriggerFn,
     WebhookSettings,
+    airflow_create_runs,
     airflow_engine,
     airflow_run_states,
     airflow_settings,
-    airflow_trigger,
 )
-from airflow_provider_mlpipe.webhooks.events import PENDING, QUEUED, STATES, EventLog
+from airflow_provider_mlpipe.webhooks.events import PENDING, RECEIVED, STATES, EventLog
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,9 @@ def create_app(
     *,
     settings: Callable[[], WebhookSettings] | None = None,
     event_log: Callable[[], EventLog] | None = None,
-    trigger: TriggerFn | None = None,
+    create_runs: CreateRunsFn | None = None,
     run_states: RunStatesFn | None = None,
-    retry_loop: bool = True,
+    dispatcher_task: bool = True,
 ) -> FastAPI:
     """The app. Defaults use Airflow (Variables, `[mlpipe]`, the metadata DB); tests inject their own.
 
@@ -106,13 +107,14 @@ def create_app(
     dispatcher = Dispatcher(
         event_log=event_log or default_event_log,
         settings=settings_fn,
-        trigger=trigger or airflow_trigger,
+        create_runs=create_runs or airflow_create_runs,
         run_states=run_states or airflow_run_states,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_retry_forever(dispatcher)) if retry_loop else None
+        # The dispatcher of this api-server process (each worker and replica runs one; claims keep them apart).
+        task = asyncio.create_task(dispatcher.run_forever()) if dispatcher_task else None
         try:
             yield
         finally:
@@ -189,27 +191,26 @@ def create_app(
 
         event_id = run_id_for(event.repo_full_name, event.digest)
         try:
-            record, _, outcome = await run_in_threadpool(dispatcher.accept, event, event_id)
+            record, created = await run_in_threadpool(dispatcher.accept, event, event_id)
         except Exception:
-            log.exception("ACR webhook: could not accept event %s", event_id)
+            log.exception("ACR webhook: could not record event %s", event_id)
             return JSONResponse(
                 {"detail": "event not accepted, try again", "event_id": event_id}, 503, {"Retry-After": "30"}
             )
+        if record.state == RECEIVED:
+            dispatcher.wake()
         body_out: dict[str, Any] = {
             "status": record.state,
             "event_id": record.event_id,
             "dag_id": record.dag_id,
-            # A pending event's run does not exist yet, but its id is already known (deterministic): the
-            # sender can look for it later.
-            "run_id": record.run_id or (record.event_id if record.state == PENDING else None),
+            # The id the run has or will have (deterministic); none for an ignored push.
+            "run_id": record.run_id or (record.event_id if record.state in (RECEIVED, PENDING) else None),
             "image": record.image,
             "tag": record.tag,
             "reason": record.reason,
-            "duplicate": record.state == QUEUED and not (outcome is not None and outcome.created),
+            "duplicate": not created,
         }
-        created = outcome is not None and outcome.created
-        code = 202 if record.state != QUEUED else (201 if created else 200)
-        return JSONResponse(body_out, code)
+        return JSONResponse(body_out, 202 if created else 200)
 
     @app.get("/webhooks/acr/events")
     async def acr_events(request: Request) -> Response:
@@ -245,19 +246,3 @@ def create_app(
         return JSONResponse({"events": events, "total": len(events), "routes_error": routes_error})
 
     return app
-
-
-async def _retry_forever(dispatcher: Dispatcher) -> None:
-    """Every replica retries pending events; the deterministic run id keeps that idempotent."""
-    while True:
-        try:
-            interval = (await run_in_threadpool(dispatcher.settings)).retry_interval
-        except Exception:
-            log.exception("ACR webhook retry loop: cannot read configuration")
-            interval = 10.0
-        await asyncio.sleep(interval)
-        try:
-            await run_in_threadpool(dispatcher.retry_due)
-        except Exception:
-            # A database outage must not end the loop: the events it would retry are still there.
-            log.exception("ACR webhook retry loop: pass failed; trying again in %.0f s", interval)

@@ -1,35 +1,40 @@
-"""From a recorded push event to a DAG run: configuration, routing, run creation, retries.
+"""From acknowledged push events to DAG runs: configuration, routing, and the dispatcher.
 
-Runs are created in-process, through the same function Airflow's own `airflow dags trigger` uses
-(`airflow.api.common.trigger_dag.trigger_dag`: find the latest serialized DAG, validate the conf against
-its Params, insert the run as `queued`), with the deterministic run id of the pushed image. The DagRun
-table's unique (dag_id, run_id) constraint is what makes "one run per image" hold across threads and
-api-server replicas; the losers of a race read the winner's run.
+The webhook only records an event (the inbox, `events.EventLog`) and answers 202; the dispatcher, a task in
+every api-server process (the app's lifespan), creates the runs behind it, in batches. One batch is one
+database transaction: claim the oldest `received` events (`EventLog.claim`: `FOR UPDATE SKIP LOCKED` on
+PostgreSQL), create their runs the way `airflow dags trigger` does (latest serialized DAG, conf validated
+against its Params, run inserted `queued`, with the deterministic run id of the pushed image), and record
+each event's outcome; then commit. A process killed mid-batch commits nothing and its locks go with its
+connection: the next dispatcher claims the same events again. The DagRun table's unique (dag_id, run_id)
+is the backstop: an event is never given a second run, only found to have its run already.
 
-A run for a paused DAG is created (queued) like Airflow does for any manual trigger: the scheduler starts
-it when the DAG is unpaused, so the event is neither lost nor held somewhere else, and the answer says the
-DAG is paused. A DAG that is not parsed yet, a busy or unreachable database, or unusable routes leave the
-event `pending`; the app's retry loop tries again.
+Every `retry_interval` the same pass runs over `pending` events: DAG not parsed yet, DAG paused (its events
+wait and get their runs once it is unpaused, rather than queuing runs nobody asked to start yet), a busy
+database, unusable routes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mlpipe.exceptions import PendingError, RejectedError, RoutesConfigError
+from airflow_provider_mlpipe.exceptions import RoutesConfigError
+from airflow_provider_mlpipe.holds import hold
 from airflow_provider_mlpipe.webhooks.acr import (
     DEFAULT_REGISTRY_HOST,
     AcrPushEvent,
     PushData,
     Repository,
     Route,
+    image_reference,
     match_route,
     parse_routes,
     run_conf,
@@ -37,15 +42,17 @@ from airflow_provider_mlpipe.webhooks.acr import (
 from airflow_provider_mlpipe.webhooks.events import (
     IGNORED,
     PENDING,
-    QUEUED,
     RECEIVED,
     REJECTED,
+    RUN_CREATED,
     EventLog,
     EventRecord,
+    utcnow,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,8 @@ SECRET_VARIABLE = "mlpipe_acr_webhook_secret"
 ROUTES_VARIABLE = "mlpipe_acr_routes"
 CONFIG_SECTION = "mlpipe"
 TRIGGERING_USER = "acr-webhook"
+# The hold point of the crash tests (`holds.py`): runs and outcomes written, transaction not committed.
+HOLD_POINT = "DISPATCH_BATCH"
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -67,6 +76,9 @@ class WebhookSettings:
     retry_interval: float = 10.0
     ttl: float = 30.0
     retention_days: float = 30.0
+    # How often a dispatcher looks for events another replica acknowledged; its own wake it at once.
+    dispatch_interval: float = 1.0
+    batch_size: int = 100
 
 
 def build_settings(
@@ -76,6 +88,8 @@ def build_settings(
     retry_interval: float = 10.0,
     ttl: float = 30.0,
     retention_days: float = 30.0,
+    dispatch_interval: float = 1.0,
+    batch_size: int = 100,
 ) -> WebhookSettings:
     try:
         routes: tuple[Route, ...] | None = parse_routes(routes_json)
@@ -92,6 +106,8 @@ def build_settings(
         retry_interval=retry_interval,
         ttl=ttl,
         retention_days=retention_days,
+        dispatch_interval=dispatch_interval,
+        batch_size=batch_size,
     )
 
 
@@ -115,6 +131,8 @@ def airflow_settings() -> WebhookSettings:
         retry_interval=max(0.5, number("acr_webhook_retry_interval", 10.0)),
         ttl=max(0.0, number("acr_webhook_config_ttl", 30.0)),
         retention_days=number("acr_webhook_event_retention_days", 30.0),
+        dispatch_interval=max(0.05, number("acr_webhook_dispatch_interval", 1.0)),
+        batch_size=int(min(1000, max(1, number("acr_webhook_dispatch_batch", 100)))),
     )
 
 
@@ -136,70 +154,95 @@ class CachedSettings:
             return self._value
 
 
-# ------------------------------------------------------------------------------------------ triggering
+# ------------------------------------------------------------------------------------- creating runs
 @dataclass(frozen=True)
-class TriggerOutcome:
+class RunRequest:
+    dag_id: str
     run_id: str
-    created: bool
-    dag_paused: bool = False
+    conf: dict[str, Any]
 
 
-TriggerFn = Callable[[str, str, dict[str, Any]], TriggerOutcome]
+@dataclass(frozen=True)
+class RunResult:
+    """`created` or `existing` (the run is there), `pending` (not now: `reason`), `rejected` (never)."""
+
+    outcome: str
+    reason: str | None = None
+
+
+CREATED, EXISTING = "created", "existing"
+CreateRunsFn = Callable[["Session", list[RunRequest]], dict[str, RunResult]]
 RunStatesFn = Callable[[list[tuple[str, str]]], dict[tuple[str, str], str]]
 
 
-def airflow_trigger(dag_id: str, run_id: str, conf: dict[str, Any]) -> TriggerOutcome:
-    """Create the run the way `airflow dags trigger` does; the existing run if it is already there."""
-    from airflow.api.common.trigger_dag import trigger_dag
-    from airflow.exceptions import DagNotFound, DagRunAlreadyExists
+def airflow_create_runs(session: Session, requests: list[RunRequest]) -> dict[str, RunResult]:
+    """Create the runs in `session`'s transaction (not committed here), one DAG lookup per DAG of the batch.
+
+    What `airflow.api.common.trigger_dag.trigger_dag` does per run, done per batch: its cost is mostly the
+    DAG model and serialized DAG lookups, so a batch of 100 pushes for one DAG does them once. A database
+    error propagates (the caller rolls the batch back); Param validation refuses a run before it writes.
+    """
+    from airflow._shared.timezones import timezone
     from airflow.models import DagModel, DagRun
-    from airflow.utils.session import create_session
-    from airflow.utils.types import DagRunTriggeredByType
+    from airflow.models.dagbag import DBDagBag
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunTriggeredByType, DagRunType
     from sqlalchemy import select
-    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-    def existing() -> TriggerOutcome | None:
-        with create_session() as session:
-            found = session.scalar(
-                select(DagRun.run_id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
-            )
-        return TriggerOutcome(run_id, created=False, dag_paused=paused) if found else None
-
-    try:
-        # One session for both checks: each checkout costs a pool ping, and this is the hot path.
-        with create_session() as session:
-            dag_model = session.scalar(select(DagModel).where(DagModel.dag_id == dag_id))
-            if dag_model is None or dag_model.is_stale:
-                raise PendingError(f"DAG {dag_id!r} is not parsed yet (or its file is gone)")
-            if dag_model.has_import_errors:
-                raise PendingError(f"DAG {dag_id!r} has import errors")
-            paused = bool(dag_model.is_paused)
-            exists = session.scalar(
-                select(DagRun.run_id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
-            )
-        if exists:
-            return TriggerOutcome(run_id, created=False, dag_paused=paused)
-        trigger_dag(
-            dag_id,
-            run_id=run_id,
-            conf=conf,
-            triggered_by=DagRunTriggeredByType.REST_API,
-            triggering_user_name=TRIGGERING_USER,
+    results: dict[str, RunResult] = {}
+    by_dag: dict[str, list[RunRequest]] = {}
+    for request in requests:
+        by_dag.setdefault(request.dag_id, []).append(request)
+    dag_bag = DBDagBag()
+    for dag_id, batch in by_dag.items():
+        ids = [r.run_id for r in batch]
+        existing = set(
+            session.scalars(select(DagRun.run_id).where(DagRun.dag_id == dag_id, DagRun.run_id.in_(ids)))
         )
-        return TriggerOutcome(run_id, created=True, dag_paused=paused)
-    except DagRunAlreadyExists:
-        return TriggerOutcome(run_id, created=False, dag_paused=paused)
-    except DagNotFound as err:
-        raise PendingError(f"DAG {dag_id!r} is not parsed yet: {err}") from None
-    except IntegrityError:
-        # Another replica inserted the same run id between our check and our insert.
-        if (winner := existing()) is not None:
-            return winner
-        raise PendingError(f"could not create run {run_id} of {dag_id}: conflicting insert") from None
-    except SQLAlchemyError as err:
-        raise PendingError(f"database error creating run {run_id} of {dag_id}: {type(err).__name__}") from err
-    except ValueError as err:  # ParamValidationError is one; so are "manual runs not allowed" & co.
-        raise RejectedError(str(err)) from None
+        for run_id in existing:
+            results[run_id] = RunResult(EXISTING)
+        missing = [r for r in batch if r.run_id not in existing]
+        if not missing:
+            continue
+        dag_model = session.scalar(select(DagModel).where(DagModel.dag_id == dag_id))
+        not_now = None
+        if dag_model is None or dag_model.is_stale:
+            not_now = f"DAG {dag_id!r} is not parsed yet (or its file is gone)"
+        elif dag_model.has_import_errors:
+            not_now = f"DAG {dag_id!r} has import errors"
+        elif dag_model.is_paused:
+            not_now = f"DAG {dag_id!r} is paused: the run is created when it is unpaused"
+        elif dag_model.allowed_run_types is not None and DagRunType.MANUAL not in dag_model.allowed_run_types:
+            for r in missing:
+                results[r.run_id] = RunResult(REJECTED, f"DAG {dag_id!r} does not allow manual runs")
+            continue
+        dag = None if not_now else dag_bag.get_latest_version_of_dag(dag_id, session=session)
+        if dag is None:
+            for r in missing:
+                results[r.run_id] = RunResult(PENDING, not_now or f"DAG {dag_id!r} is not parsed yet")
+            continue
+        partition_date = dag.timetable.resolve_partition_date(None)
+        for r in missing:
+            try:
+                dag.create_dagrun(
+                    run_id=r.run_id,
+                    logical_date=None,
+                    data_interval=None,
+                    run_after=timezone.coerce_datetime(timezone.utcnow()),
+                    conf=r.conf,
+                    run_type=DagRunType.MANUAL,
+                    triggered_by=DagRunTriggeredByType.REST_API,
+                    triggering_user_name=TRIGGERING_USER,
+                    state=DagRunState.QUEUED,
+                    partition_key=None,
+                    partition_date=partition_date,
+                    session=session,
+                )
+            except ValueError as err:  # ParamValidationError is one: refused before anything is written
+                results[r.run_id] = RunResult(REJECTED, str(err))
+                continue
+            results[r.run_id] = RunResult(CREATED)
+    return results
 
 
 def airflow_run_states(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -228,177 +271,102 @@ def airflow_engine() -> Engine:
     return settings.engine
 
 
-# ----------------------------------------------------------------------------------------- processing
+# ---------------------------------------------------------------------------------------- dispatching
 @dataclass
 class Dispatcher:
-    """Route a recorded event and create its run; shared by the request path and the retry loop."""
+    """Creates the runs of acknowledged events, in batches; `run_forever` is the app's lifespan task."""
 
     event_log: Callable[[], EventLog]
     settings: Callable[[], WebhookSettings]
-    trigger: TriggerFn = airflow_trigger
+    create_runs: CreateRunsFn = airflow_create_runs
     run_states: RunStatesFn = airflow_run_states
-    # Serializes this process's work on one event: a burst of identical deliveries becomes one insert and
-    # N reads instead of N racing inserts. Different events go ahead in parallel, except on SQLite, whose
-    # single database lock would only turn parallel writers into "database is locked" errors.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stale_after: timedelta = timedelta(seconds=60)
-    _event_locks: weakref.WeakValueDictionary[str, threading.Lock] = field(
-        default_factory=weakref.WeakValueDictionary, repr=False
-    )
+    _wake: asyncio.Event | None = field(default=None, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    # One batch at a time in this process: a second would only wait on the first one's locks.
+    _batch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
+    _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def _lock_for(self, event_id: str) -> threading.Lock:
-        if self.event_log().engine.dialect.name == "sqlite":
-            return self.lock
-        with self.lock:
-            found = self._event_locks.get(event_id)
-            if found is None:
-                # Held strongly by the caller while in use; dropped from the map once nobody holds it.
-                found = self._event_locks[event_id] = threading.Lock()
-            return found
+    def _db_slots(self, events: EventLog) -> threading.BoundedSemaphore:
+        """How many deliveries may use the database at once: one less than the pool keeps (Airflow's
+        `sql_alchemy_pool_size`), leaving one for the dispatcher. More would not go faster: each beyond the
+        pool opens a new database connection (a server process on PostgreSQL) and closes it again after one
+        INSERT, which under a burst cost more than the inserts themselves. The rest wait here, a few ms."""
+        with self._slots_lock:
+            if self._slots is None:
+                size = getattr(events.engine.pool, "size", lambda: 5)()
+                self._slots = threading.BoundedSemaphore(max(1, int(size) - 1))
+            return self._slots
 
-    def process(self, record: EventRecord) -> tuple[EventRecord, TriggerOutcome | None]:
-        """Bring one recorded event as far as it can go now; never raises for a routing/run problem."""
-        events = self.event_log()
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        from sqlalchemy.orm import Session
+
+        # Airflow's own session settings; the engine is the metadata database the event log is in.
+        with (
+            Session(self.event_log().engine, expire_on_commit=False, autoflush=False) as session,
+            session.begin(),
+        ):
+            yield session
+
+    # --------------------------------------------------------------------------------- routing
+    def route(self, repo_full_name: str, tag: str) -> tuple[Route | None, str | None]:
+        """(route, None), (None, "ignored: ...") or (None, "routes configuration invalid: ...")."""
         settings = self.settings()
         if settings.routes is None:
-            log.error("ACR event %s stays pending: %s", record.event_id, settings.routes_error)
-            return self._pending(
-                events, record, f"routes configuration invalid: {settings.routes_error}"
-            ), None
-        route = match_route(settings.routes, record.repo_full_name, record.tag)
+            return None, f"routes configuration invalid: {settings.routes_error}"
+        route = match_route(settings.routes, repo_full_name, tag)
         if route is None:
-            reason = f"ignored: no route matches {record.repo_full_name}:{record.tag}"
-            log.info("ACR push %s@%s %s", record.repo_full_name, record.digest, reason)
-            return events.update(record.event_id, state=IGNORED, reason=reason, dag_id=None), None
-        conf = run_conf(_event_of(record), route, settings.registry_host)
-        try:
-            outcome = self.trigger(route.dag_id, record.event_id, conf)
-        except PendingError as err:
-            log.warning("ACR event %s pending (%s run): %s", record.event_id, route.dag_id, err)
-            return self._pending(events, record, str(err), dag_id=route.dag_id, conf=conf), None
-        except RejectedError as err:
-            log.error("ACR event %s rejected by DAG %s: %s", record.event_id, route.dag_id, err)
-            updated = events.update(
-                record.event_id,
-                state=REJECTED,
-                reason=f"rejected by DAG {route.dag_id}: {err}",
-                dag_id=route.dag_id,
-                conf=conf,
-                image=conf["image"],
-                attempts=record.attempts + 1,
-            )
-            return updated, None
-        except Exception as err:
-            # Whatever went wrong, the event is recorded; keeping it pending is what keeps it from being lost.
-            log.exception(
-                "ACR event %s: creating the run of %s failed; will retry", record.event_id, route.dag_id
-            )
-            return self._pending(
-                events, record, f"{type(err).__name__}: {err}", dag_id=route.dag_id, conf=conf
-            ), None
-        note = "DAG is paused: the run starts when it is unpaused" if outcome.dag_paused else None
-        updated = events.update(
-            record.event_id,
-            state=QUEUED,
-            dag_id=route.dag_id,
-            run_id=outcome.run_id,
-            conf=conf,
-            image=conf["image"],
-            reason=note,
-            attempts=record.attempts + 1,
-        )
-        log.info(
-            "ACR push %s:%s (%s) -> %s run %s%s",
-            record.repo_full_name,
-            record.tag,
-            record.digest,
-            route.dag_id,
-            outcome.run_id,
-            " (created)" if outcome.created else " (existing)",
-        )
-        return updated, outcome
+            return None, f"ignored: no route matches {repo_full_name}:{tag}"
+        return route, None
 
-    def accept(self, event: AcrPushEvent, event_id: str) -> tuple[EventRecord, bool, TriggerOutcome | None]:
-        """Record the delivery durably, then process it. Returns (event, new delivery?, outcome)."""
-        with self._lock_for(event_id):
-            record, created = self.event_log().record(event, event_id)
-            if record.state == QUEUED and self._run_exists(record):
-                return record, created, None
-            try:
-                updated, outcome = self.process(record)
-            except Exception as err:
-                return self._left_for_retry(record, err), created, None
-            return updated, created, outcome
+    # ------------------------------------------------------------------------------ the request path
+    def accept(self, event: AcrPushEvent, event_id: str) -> tuple[EventRecord, bool]:
+        """Record a delivery durably (one INSERT for a new push); returns (event, new?).
 
-    def _left_for_retry(self, record: EventRecord, err: Exception) -> EventRecord:
-        """The event is recorded but processing it failed (e.g. the database dropped mid-request): make
-        sure the retry loop gets it, and return the `pending` event the answer reports."""
-        # The exception's type only: a database error's text may carry SQL and the event's conf.
-        reason = f"recorded, but processing failed ({type(err).__name__}); the run is created by a retry"
-        log.error(
-            "ACR event %s recorded; processing failed (%s), left for the retry loop",
-            record.event_id,
-            err,
-            exc_info=err,
-        )
-        try:
-            return self._pending(self.event_log(), record, reason)
-        except Exception as mark_err:
-            if record.state not in (RECEIVED, PENDING):
-                # A redelivery of a queued, ignored or rejected event: the retry loop never looks at those,
-                # so "pending" would promise a retry nobody makes. Failing makes the app answer 503 and the
-                # sender deliver again.
-                log.error(
-                    "ACR event %s: cannot mark it pending (%s); it stays %s, answering 503",
-                    record.event_id,
-                    mark_err,
-                    record.state,
-                )
-                raise
-            # The database is still down, so the event keeps the state it was recorded with. `pending` is
-            # retried on the next pass; `received` only once it is older than `stale_after` (a request
-            # that is still processing it must not race the retry loop), so that is the fallback here.
-            log.warning(
-                "ACR event %s: cannot mark it pending (%s); it stays %s, retried once older than %s",
-                record.event_id,
-                mark_err,
-                record.state,
-                self.stale_after,
-            )
-            return replace(record, state=PENDING, reason=reason)
-
-    def retry_due(self) -> int:
-        """One pass of the retry loop; returns how many events it moved out of pending."""
+        A push no route matches is recorded `ignored` right away. A redelivery writes nothing (a read answers
+        it), except that it hands a finished event back to the dispatcher when that is what a redelivery is for:
+        an ignored digest now pushed with a routed tag, a rejected one (the route may be fixed), a run that
+        was deleted (someone wants the image run again).
+        """
         events = self.event_log()
-        done = 0
-        for record in events.due(self.stale_after):
-            # One event's failure (its row, its update, the database blinking) must not hold back the
-            # rest of the pass or the pruning: that event is still due and the next pass tries it again.
-            try:
-                with self._lock_for(record.event_id):
-                    current = events.get(record.event_id)
-                    if current is None or current.state not in (PENDING, record.state):
-                        continue
-                    updated, _ = self.process(current)
-            except Exception as err:
-                log.warning(
-                    "ACR event %s: retry failed (%s: %s); trying again on the next pass",
-                    record.event_id,
-                    type(err).__name__,
-                    err,
-                    exc_info=True,
-                )
-                continue
-            if updated.state != PENDING:
-                done += 1
-                log.info("ACR event %s retried: now %s", updated.event_id, updated.state)
-        retention = self.settings().retention_days
-        if retention > 0:
-            events.prune(timedelta(days=retention))
-        return done
+        with self._db_slots(events):
+            return self._accept(events, event, event_id)
+
+    def _accept(self, events: EventLog, event: AcrPushEvent, event_id: str) -> tuple[EventRecord, bool]:
+        route, problem = self.route(event.repo_full_name, event.tag)
+        ignored = route is None and problem is not None and problem.startswith("ignored")
+        image = (
+            image_reference(
+                event.repository.region, event.repo_full_name, event.digest, self.settings().registry_host
+            )
+            if route is not None
+            else None
+        )
+        record = events.record(
+            event,
+            event_id,
+            state=IGNORED if ignored else RECEIVED,
+            reason=problem if ignored else None,
+            dag_id=route.dag_id if route is not None else None,
+            image=image,
+        )
+        if record is not None:
+            if ignored:
+                log.info("ACR push %s@%s %s", event.repo_full_name, event.digest, problem)
+            return record, True
+        record = events.redelivered(event_id)
+        again = (
+            (record.state == IGNORED and route is not None)
+            or record.state == REJECTED
+            or (record.state == RUN_CREATED and not self._run_exists(record))
+        )
+        if again:
+            record = events.rearm(event, event_id, record.state) or record
+        return record, False
 
     def _run_exists(self, record: EventRecord) -> bool:
-        """False only when the run was deleted (someone wants the image run again): then re-create it."""
+        """False only when the run was deleted; if its state cannot be read, assume it is there."""
         if not record.dag_id or not record.run_id:
             return False
         try:
@@ -409,25 +377,171 @@ class Dispatcher:
             )
             return True
 
-    def _pending(
-        self,
-        events: EventLog,
-        record: EventRecord,
-        reason: str,
-        dag_id: str | None = None,
-        conf: dict[str, Any] | None = None,
-    ) -> EventRecord:
-        values: dict[str, Any] = {"state": PENDING, "reason": reason, "attempts": record.attempts + 1}
-        if dag_id is not None:
-            values["dag_id"] = dag_id
-        if conf is not None:
-            values["conf"] = conf
-            values["image"] = conf["image"]
-        return events.update(record.event_id, **values)
+    # ------------------------------------------------------------------------------- one batch
+    def dispatch(self, states: tuple[str, ...] = (RECEIVED,), event_ids: list[str] | None = None) -> int:
+        """Claim up to `batch_size` events in `states`, create their runs, record the outcomes, commit.
+
+        Returns how many events it claimed (0: nothing to do). A failure rolls the whole batch back; the
+        events are still there for the next pass.
+        """
+        settings = self.settings()
+        with self._batch_lock, self._transaction() as session:
+            events = self.event_log()
+            records = events.claim(session, states, settings.batch_size, event_ids)
+            if not records:
+                return 0
+            changes: dict[str, dict[str, Any]] = {}
+            requests: list[RunRequest] = []
+            for record in records:
+                route, problem = self.route(record.repo_full_name, record.tag)
+                if route is None:
+                    assert problem is not None
+                    ignored = problem.startswith("ignored")
+                    changes[record.event_id] = _change(
+                        record, IGNORED if ignored else PENDING, reason=problem, dag_id=None
+                    )
+                    continue
+                conf = run_conf(_event_of(record), route, settings.registry_host)
+                changes[record.event_id] = _change(record, PENDING, dag_id=route.dag_id, conf=conf)
+                requests.append(RunRequest(route.dag_id, record.event_id, conf))
+            results = self.create_runs(session, requests) if requests else {}
+            now = utcnow()
+            for request in requests:
+                result = results.get(request.run_id, RunResult(PENDING, "no outcome for this run"))
+                change = changes[request.run_id]
+                if result.outcome in (CREATED, EXISTING):
+                    change.update(
+                        b_state=RUN_CREATED, b_run_id=request.run_id, b_run_created_at=now, b_reason=None
+                    )
+                elif result.outcome == REJECTED:
+                    change.update(
+                        b_state=REJECTED, b_reason=f"rejected by DAG {request.dag_id}: {result.reason}"
+                    )
+                else:
+                    change.update(b_state=PENDING, b_reason=result.reason)
+            events.settle(session, list(changes.values()))
+            hold(HOLD_POINT, log)
+        outcomes: dict[str, int] = {}
+        for record in records:
+            change = changes[record.event_id]
+            outcomes[change["b_state"]] = outcomes.get(change["b_state"], 0) + 1
+            if change["b_state"] == RUN_CREATED:
+                # Per event at DEBUG: at hundreds of pushes a second, a line each costs the api-server CPU.
+                log.debug(
+                    "ACR push %s@%s -> %s run %s (%s)",
+                    record.repo_full_name,
+                    record.digest,
+                    change["b_dag_id"],
+                    record.event_id,
+                    results[record.event_id].outcome,
+                )
+            elif change["b_state"] != record.state or change["b_reason"] != record.reason:
+                log.warning("ACR event %s %s: %s", record.event_id, change["b_state"], change["b_reason"])
+        log.info("ACR dispatcher: batch of %d events: %s", len(records), outcomes)
+        return len(records)
+
+    def drain(self, states: tuple[str, ...] = (RECEIVED,)) -> int:
+        """Batches until fewer than a full one is left; a failing batch is retried event by event so that
+        one bad event cannot hold back the others. Returns how many events were claimed."""
+        total = 0
+        while True:
+            try:
+                claimed = self.dispatch(states)
+            except Exception:
+                log.exception("ACR dispatcher: batch failed and was rolled back; retrying event by event")
+                return total + self._one_by_one(states)
+            total += claimed
+            if claimed < self.settings().batch_size:
+                return total
+
+    def _one_by_one(self, states: tuple[str, ...]) -> int:
+        events = self.event_log()
+        candidates = events.ids_in(states, self.settings().batch_size)
+        done = 0
+        for event_id in candidates:
+            try:
+                done += self.dispatch(states, event_ids=[event_id])
+            except Exception as err:
+                # The exception's type only: a database error's text may carry SQL and the event's conf.
+                log.warning("ACR event %s: creating its run failed (%s); left pending", event_id, err)
+                try:
+                    current = events.get(event_id)
+                    if current is not None and current.state in states:
+                        events.update(
+                            event_id,
+                            state=PENDING,
+                            attempts=current.attempts + 1,
+                            reason=f"creating the run failed ({type(err).__name__}); retried",
+                        )
+                except Exception:
+                    log.warning("ACR event %s: cannot mark it pending either; retried as it is", event_id)
+        return done
+
+    def retry_due(self) -> int:
+        """One retry pass over pending events, then pruning; returns how many got out of pending."""
+        events = self.event_log()
+        before = events.count(PENDING)
+        self.drain((PENDING,))
+        retention = self.settings().retention_days
+        if retention > 0:
+            events.prune(timedelta(days=retention))
+        return max(0, before - events.count(PENDING))
+
+    # ----------------------------------------------------------------------------- the lifespan task
+    def wake(self) -> None:
+        """Called by the request path after it recorded an event: dispatch now rather than at the next poll."""
+        if self._wake is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run_forever(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        last_retry = 0.0
+        while True:
+            try:
+                settings = await run_in_threadpool(self.settings)
+                interval, retry_interval = settings.dispatch_interval, settings.retry_interval
+            except Exception:
+                log.exception("ACR dispatcher: cannot read configuration")
+                interval, retry_interval = 10.0, 10.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            self._wake.clear()
+            try:
+                await run_in_threadpool(self.drain)
+                if time.monotonic() - last_retry >= retry_interval:
+                    last_retry = time.monotonic()
+                    await run_in_threadpool(self.retry_due)
+            except Exception:
+                # A database outage must not end the loop: the events are still there for the next pass.
+                log.exception("ACR dispatcher: pass failed; trying again in %.1f s", interval)
+
+
+def _change(
+    record: EventRecord,
+    state: str,
+    *,
+    reason: str | None = None,
+    dag_id: str | None,
+    conf: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "b_event_id": record.event_id,
+        "b_state": state,
+        "b_dag_id": dag_id,
+        "b_run_id": None,
+        "b_image": conf["image"] if conf else None,
+        "b_conf": conf,
+        "b_reason": reason,
+        "b_attempts": record.attempts + 1,
+        "b_run_created_at": None,
+    }
 
 
 def _event_of(record: EventRecord) -> AcrPushEvent:
-    """The push as stored (validated when it was received), for building the conf again on retry."""
+    """The push as stored (validated when it was received), for building the conf."""
     return AcrPushEvent(
         push_data=PushData.model_construct(digest=record.digest, pushed_at=record.pushed_at, tag=record.tag),
         repository=Repository.model_construct(repo_full_name=record.repo_full_name, region=record.region),

@@ -2,8 +2,11 @@
 dag-processor and scheduler as separate processes, SQLite metadata database, requests over loopback.
 
 Runs go to a tiny DAG (one EmptyOperator, finished by the scheduler without a worker) and to the real
-`mlpipe_fashion_mnist`, which stays paused so nothing trains: its runs are only created and their conf
-checked against the real Params.
+`mlpipe_fashion_mnist`, which stays paused so nothing trains: its events wait `pending` (a paused DAG's
+events get their runs once it is unpaused) with the conf its run will get.
+
+The webhook answers 202 once an event is recorded; the api-server's dispatcher creates the run behind it,
+so the tests wait for the event's state (the events endpoint) rather than for a stretch of time.
 """
 
 from __future__ import annotations
@@ -147,6 +150,34 @@ def runs_of(client: AirflowClient, dag_id: str) -> dict[str, dict[str, Any]]:
     return {run["dag_run_id"]: run for run in body["dag_runs"]}
 
 
+def event_of(hook_url: str, event_id: str) -> dict[str, Any] | None:
+    resp = requests.get(f"{hook_url}/events", params={"token": SECRET, "limit": "500"}, timeout=30)
+    resp.raise_for_status()
+    return next((e for e in resp.json()["events"] if e["event_id"] == event_id), None)
+
+
+def wait_event(hook_url: str, event_id: str, state: str, timeout: float = 120) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        found = event_of(hook_url, event_id)
+        return found if found is not None and found["state"] == state else None
+
+    return dict(wait_until(reached, timeout, f"event {event_id} {state}"))
+
+
+def stored_conf(stack: AirflowStack, event_id: str) -> dict[str, Any] | None:
+    """The conf the event's run gets, read from the event table (the endpoint does not show it)."""
+    from sqlalchemy import create_engine
+
+    from airflow_provider_mlpipe.webhooks.events import EventLog
+
+    engine = create_engine(f"sqlite:///{stack.home / 'airflow.db'}")
+    try:
+        record = EventLog(engine).get(event_id)
+    finally:
+        engine.dispose()
+    return record.conf if record is not None else None
+
+
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     last = None
@@ -159,14 +190,16 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ happy path
-def test_valid_event_queues_one_run_with_the_expected_conf(
-    deliver: Callable[..., requests.Response], admin: AirflowClient
+def test_valid_event_is_acknowledged_then_gets_one_run_with_the_expected_conf(
+    deliver: Callable[..., requests.Response], admin: AirflowClient, hook_url: str
 ) -> None:
     resp = deliver(payload(dig=digest(1)))
-    assert resp.status_code == 201, resp.text
+    assert resp.status_code == 202, resp.text
     run_id = run_id_for(TEST_REPO, digest(1))
-    assert resp.json()["run_id"] == run_id
-    assert resp.json()["status"] == "queued"
+    assert resp.json()["run_id"] == resp.json()["event_id"] == run_id
+    assert resp.json()["status"] == "received"
+    event = wait_event(hook_url, run_id, "run_created")
+    assert event["ack_to_run_created_ms"] >= 0
     run = admin.call("GET", f"/dags/{TEST_DAG}/dagRuns/{run_id}")
     assert run["conf"] == {
         "image": image(TEST_REPO, digest(1)),
@@ -179,27 +212,32 @@ def test_valid_event_queues_one_run_with_the_expected_conf(
     wait_until(lambda: admin.run_state(TEST_DAG, run_id) == "success", 90, "the webhook's run succeeding")
 
 
-def test_duplicate_delivery_returns_the_same_run(
-    deliver: Callable[..., requests.Response], admin: AirflowClient
+def test_redelivery_answers_200_with_the_same_ids(
+    deliver: Callable[..., requests.Response], admin: AirflowClient, hook_url: str
 ) -> None:
     first = deliver(payload(dig=digest(2)))
-    assert first.status_code == 201, first.text
+    assert first.status_code == 202, first.text
     again = deliver(payload(dig=digest(2)))
     assert again.status_code == 200, again.text
     assert again.json()["run_id"] == first.json()["run_id"]
+    assert again.json()["event_id"] == first.json()["event_id"]
     assert again.json()["duplicate"] is True
+    wait_event(hook_url, first.json()["event_id"], "run_created")
+    later = deliver(payload(dig=digest(2)))
+    assert (later.status_code, later.json()["status"]) == (200, "run_created")
     assert [r for r in runs_of(admin, TEST_DAG) if r == first.json()["run_id"]] == [first.json()["run_id"]]
 
 
 def test_fifty_concurrent_identical_deliveries_create_one_run(
-    deliver: Callable[..., requests.Response], admin: AirflowClient
+    deliver: Callable[..., requests.Response], admin: AirflowClient, hook_url: str
 ) -> None:
     before = set(runs_of(admin, TEST_DAG))
     with ThreadPoolExecutor(max_workers=50) as pool:
         responses = list(pool.map(lambda _: deliver(payload(dig=digest(3))), range(50)))
     codes = sorted(r.status_code for r in responses)
-    assert codes == [200] * 49 + [201], [r.text for r in responses if r.status_code >= 300]
+    assert codes == [200] * 49 + [202], [r.text for r in responses if r.status_code >= 300]
     assert {r.json()["run_id"] for r in responses} == {run_id_for(TEST_REPO, digest(3))}
+    wait_event(hook_url, run_id_for(TEST_REPO, digest(3)), "run_created")
     assert set(runs_of(admin, TEST_DAG)) - before == {run_id_for(TEST_REPO, digest(3))}
 
 
@@ -301,32 +339,21 @@ def test_a_thousand_malformed_bodies_never_5xx_and_create_no_run(hook_url: str, 
 
 
 # ------------------------------------------------------------------------------------ no event lost
-def scheduler_heartbeat(stack: AirflowStack) -> str:
-    health = requests.get(f"{stack.url}/api/v2/monitor/health", timeout=10).json()
-    return str(health["scheduler"]["latest_scheduler_heartbeat"])
-
-
-def test_event_for_a_paused_dag_runs_once_it_is_unpaused(
-    stack: AirflowStack, deliver: Callable[..., requests.Response], admin: AirflowClient
+def test_event_for_a_paused_dag_stays_pending_and_runs_once_it_is_unpaused(
+    stack: AirflowStack, deliver: Callable[..., requests.Response], admin: AirflowClient, hook_url: str
 ) -> None:
     admin.call("PATCH", f"/dags/{TEST_DAG}", json={"is_paused": True})
     try:
         resp = deliver(payload(dig=digest(5)))
-        assert resp.status_code == 201, resp.text
-        assert "paused" in resp.json()["reason"]
+        assert resp.status_code == 202, resp.text
         run_id = resp.json()["run_id"]
-        # A paused DAG's run must not start: wait for events, two scheduler heartbeats after the delivery
-        # (the scheduler is alive and looping), rather than for a stretch of time.
-        heartbeats = {scheduler_heartbeat(stack)}
-
-        def two_more_heartbeats() -> bool:
-            heartbeats.add(scheduler_heartbeat(stack))
-            return len(heartbeats) >= 3
-
-        wait_until(two_more_heartbeats, 120, "two scheduler heartbeats")
-        assert admin.run_state(TEST_DAG, run_id) == "queued"
+        event = wait_event(hook_url, run_id, "pending")
+        assert "paused" in event["reason"]
+        assert run_id not in runs_of(admin, TEST_DAG)
     finally:
         admin.unpause(TEST_DAG)
+    event = wait_event(hook_url, run_id, "run_created")
+    assert event["run_id"] == run_id and event["reason"] is None
     wait_until(lambda: admin.run_state(TEST_DAG, run_id) == "success", 90, "the held run succeeding")
     assert deliver(payload(dig=digest(5))).json()["run_id"] == run_id
 
@@ -336,38 +363,40 @@ def test_event_for_a_dag_not_yet_parsed_is_retried_until_it_runs(
 ) -> None:
     resp = deliver(payload(repo="mlpipe/late", dig=digest(6)))
     assert resp.status_code == 202, resp.text
-    assert resp.json()["status"] == "pending"
-    assert "not parsed" in resp.json()["reason"]
-    (stack.config.dags_folder / f"{LATE_DAG}.py").write_text(DAG_TEMPLATE.format(dag_id=LATE_DAG))
     run_id = run_id_for("mlpipe/late", digest(6))
-
-    def queued() -> bool:
-        events = requests.get(f"{hook_url}/events", params={"token": SECRET, "state": "queued"}, timeout=30)
-        return any(e["run_id"] == run_id for e in events.json()["events"])
-
-    wait_until(queued, 120, "the pending event getting its run")
+    assert "not parsed" in wait_event(hook_url, run_id, "pending")["reason"]
+    (stack.config.dags_folder / f"{LATE_DAG}.py").write_text(DAG_TEMPLATE.format(dag_id=LATE_DAG))
+    admin.wait_for_dag(LATE_DAG)
+    # Parsed, but paused at creation in this module: the event waits for that now.
+    wait_until(
+        lambda: "paused" in ((event_of(hook_url, run_id) or {}).get("reason") or ""), 60, "the DAG parsed"
+    )
+    admin.unpause(LATE_DAG)
+    wait_event(hook_url, run_id, "run_created")
     assert list(runs_of(admin, LATE_DAG)) == [run_id]
     assert runs_of(admin, LATE_DAG)[run_id]["conf"]["image"] == image("mlpipe/late", digest(6))
 
 
 # ------------------------------------------------------------------------------- routing, real DAG
 def test_route_to_the_real_dag_passes_its_params_and_unrouted_tags_are_ignored(
-    deliver: Callable[..., requests.Response], admin: AirflowClient
+    stack: AirflowStack, deliver: Callable[..., requests.Response], admin: AirflowClient, hook_url: str
 ) -> None:
     resp = deliver(payload(repo=REAL_REPO, dig=digest(7), tag="v1.0"))
-    assert resp.status_code == 201, resp.text
-    run = admin.call("GET", f"/dags/{REAL_DAG}/dagRuns/{resp.json()['run_id']}")
-    assert run["conf"] == {
+    assert resp.status_code == 202, resp.text
+    # The DAG stays paused in this module (nothing trains): the event waits with the conf of its run.
+    event = wait_event(hook_url, resp.json()["event_id"], "pending")
+    assert "paused" in event["reason"] and event["dag_id"] == REAL_DAG
+    assert stored_conf(stack, event["event_id"]) == {
         "image": image(REAL_REPO, digest(7)),
         "digest": digest(7),
         "tag": "v1.0",
         "min_accuracy": 0.9,
     }
-    assert run["state"] == "queued"  # the DAG stays paused in this module: nothing trains
+    assert event["event_id"] not in runs_of(admin, REAL_DAG)
 
     ignored = deliver(payload(repo=REAL_REPO, dig=digest(8), tag="dev"))
     assert ignored.status_code == 202
-    assert ignored.json()["status"] == "ignored"
+    assert ignored.json()["status"] == "ignored" and ignored.json()["run_id"] is None
     assert run_id_for(REAL_REPO, digest(8)) not in runs_of(admin, REAL_DAG)
 
 
@@ -377,10 +406,11 @@ def test_events_endpoint_lists_run_ids_and_states(hook_url: str) -> None:
     assert resp.status_code == 200
     events = {e["event_id"]: e for e in resp.json()["events"]}
     first = events[run_id_for(TEST_REPO, digest(1))]
-    assert first["state"] == "queued"
+    assert first["state"] == "run_created"
+    assert first["ack_to_run_created_ms"] >= 0
     assert first["run_id"] == run_id_for(TEST_REPO, digest(1))
     assert first["run_state"] == "success"
-    assert events[run_id_for(TEST_REPO, digest(3))]["deliveries"] == 50
+    assert events[run_id_for(TEST_REPO, digest(3))]["state"] == "run_created"
     assert events[run_id_for(REAL_REPO, digest(8))]["state"] == "ignored"
 
 
@@ -436,6 +466,7 @@ def test_cli_trigger_with_conf_validates_against_params(stack: AirflowStack, adm
     ],
 )
 def test_bad_route_params_are_reported_and_no_run_is_created(
+    stack: AirflowStack,
     deliver: Callable[..., requests.Response],
     admin: AirflowClient,
     hook_url: str,
@@ -443,7 +474,7 @@ def test_bad_route_params_are_reported_and_no_run_is_created(
     message: str,
 ) -> None:
     """A route whose params the pipeline would ignore or cannot honour is reported on the events endpoint
-    (and in the api-server log) when the routes are read; pushes wait pending, and get their run once the
+    (and in the api-server log) when the routes are read; pushes wait pending, and are routed again once the
     route is fixed."""
     dig = digest(12 if "min_acuracy" in params else 13)
     routes = [*ROUTES[:2], {**ROUTES[2], "params": params}]
@@ -458,8 +489,8 @@ def test_bad_route_params_are_reported_and_no_run_is_created(
         assert message in listing.json()["routes_error"]
         resp = deliver(payload(repo=REAL_REPO, dig=dig, tag="v2"))
         assert resp.status_code == 202, resp.text
-        assert resp.json()["status"] == "pending"
-        assert message in resp.json()["reason"]
+        event = wait_event(hook_url, resp.json()["event_id"], "pending")
+        assert message in event["reason"]
         assert run_id_for(REAL_REPO, dig) not in runs_of(admin, REAL_DAG)
     finally:
         admin.call(
@@ -471,9 +502,14 @@ def test_bad_route_params_are_reported_and_no_run_is_created(
         requests.get(f"{hook_url}/events", params={"token": SECRET}, timeout=30).json()["routes_error"]
         is None
     )
+    # Routed again on the next retry pass: now it waits only for the (paused) DAG, with the fixed params.
     run_id = run_id_for(REAL_REPO, dig)
-    wait_until(lambda: run_id in runs_of(admin, REAL_DAG), 60, "the held push getting its run")
-    assert runs_of(admin, REAL_DAG)[run_id]["conf"]["min_accuracy"] == 0.9
+    wait_until(
+        lambda: "paused" in ((event_of(hook_url, run_id) or {}).get("reason") or ""),
+        60,
+        "the held push routed with the fixed routes",
+    )
+    assert (stored_conf(stack, run_id) or {})["min_accuracy"] == 0.9
 
 
 # ------------------------------------------------------------------------------- fault: api-server down
@@ -493,7 +529,8 @@ def test_api_server_down_during_delivery_then_redelivered_creates_one_run(
         restarted = stack.restore(180)
     assert restarted == ["api-server"]
     first, again = deliver(body), deliver(body)
-    assert (first.status_code, again.status_code) == (201, 200), (first.text, again.text)
+    assert (first.status_code, again.status_code) == (202, 200), (first.text, again.text)
     run_id = run_id_for(TEST_REPO, digest(77))
     assert first.json()["run_id"] == again.json()["run_id"] == run_id
+    wait_event(f"{stack.url}/mlpipe/webhooks/acr", run_id, "run_created")
     assert run_id in runs_of(admin, TEST_DAG)

@@ -1,7 +1,9 @@
-"""The webhook app through FastAPI's TestClient: a real SQLite event log, a fake Airflow behind `trigger`.
+"""The webhook app through FastAPI's TestClient: a real SQLite event log (migrated), a fake Airflow behind
+`create_runs` (emulated: a dict of runs, not Airflow's DagRun table).
 
-Covers authentication, content type, size, validation (with >= 1,000 generated malformed bodies),
-routing, one run per (repository, digest), pending events and their retry, and the events listing.
+Covers authentication, content type, size, validation (with >= 1,000 generated malformed bodies), the
+202-on-record contract, routing, one run per (repository, digest), the dispatcher's batches and claims,
+pending events and their retry, and the events listing.
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
 
-from airflow_provider_mlpipe.exceptions import PendingError, RejectedError
+from airflow_provider_mlpipe.migrations import upgrade
 from airflow_provider_mlpipe.webhooks.acr import DEFAULT_DAG_ID, DIGEST_PATTERN, Route, run_id_for
 from airflow_provider_mlpipe.webhooks.app import MAX_BODY_BYTES, TOKEN_HEADER, create_app
-from airflow_provider_mlpipe.webhooks.dispatch import TriggerOutcome, WebhookSettings, build_settings
-from airflow_provider_mlpipe.webhooks.events import EventLog, EventRecord
+from airflow_provider_mlpipe.webhooks.dispatch import (
+    Dispatcher,
+    RunRequest,
+    RunResult,
+    WebhookSettings,
+    build_settings,
+)
+from airflow_provider_mlpipe.webhooks.events import EventLog
 
 SECRET = "s3cr3t-token_+/="
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -58,7 +67,7 @@ def payload(
 
 @dataclass
 class FakeAirflow:
-    """What the app needs from Airflow: create a run (idempotently) and report run states."""
+    """What the dispatcher needs from Airflow: create runs (idempotently) and report run states."""
 
     runs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     parsed: set[str] = field(default_factory=lambda: {"train"})
@@ -66,21 +75,32 @@ class FakeAirflow:
     reject: set[str] = field(default_factory=set)
     fail_with: Exception | None = None
     calls: int = 0
+    requested: list[str] = field(default_factory=list)
+    created: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def trigger(self, dag_id: str, run_id: str, conf: dict[str, Any]) -> TriggerOutcome:
+    def create_runs(self, session: Any, requests: list[RunRequest]) -> dict[str, RunResult]:
         with self.lock:
             self.calls += 1
             if self.fail_with is not None:
                 raise self.fail_with
-            if dag_id not in self.parsed:
-                raise PendingError(f"DAG {dag_id!r} is not parsed yet")
-            if dag_id in self.reject:
-                raise RejectedError("Invalid input for param min_accuracy")
-            if (dag_id, run_id) in self.runs:
-                return TriggerOutcome(run_id, created=False, dag_paused=dag_id in self.paused)
-            self.runs[(dag_id, run_id)] = dict(conf)
-            return TriggerOutcome(run_id, created=True, dag_paused=dag_id in self.paused)
+            results = {}
+            for r in requests:
+                self.requested.append(r.run_id)
+                if r.dag_id not in self.parsed:
+                    results[r.run_id] = RunResult("pending", f"DAG {r.dag_id!r} is not parsed yet")
+                elif r.dag_id in self.paused:
+                    results[r.run_id] = RunResult("pending", f"DAG {r.dag_id!r} is paused")
+                elif r.dag_id in self.reject:
+                    results[r.run_id] = RunResult("rejected", "Invalid input for param min_accuracy")
+                elif (r.dag_id, r.run_id) in self.runs:
+                    results[r.run_id] = RunResult("existing")
+                else:
+                    self.runs[(r.dag_id, r.run_id)] = dict(r.conf)
+                    results[r.run_id] = RunResult("created")
+            if self.runs:
+                self.created.set()
+            return results
 
     def run_states(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         return {key: "queued" for key in keys if key in self.runs}
@@ -102,23 +122,41 @@ class Harness:
     def configure(self, **changes: Any) -> None:
         self.config["current"] = replace(self.config["current"], **changes)
 
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.client.app.state.dispatcher  # type: ignore[attr-defined,no-any-return]
 
-def make_harness(tmp_path: Path) -> Harness:
-    engine = create_engine(f"sqlite:///{tmp_path / 'events.db'}", connect_args={"timeout": 30})
+    def dispatch(self) -> int:
+        """What the lifespan task does when woken: batches of `received` events until none is left."""
+        return self.dispatcher.drain()
+
+
+def sqlite_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _wal(dbapi_conn: Any, _: Any) -> None:
         dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
+    return engine
+
+
+def make_harness(tmp_path: Path, *, batch_size: int = 100) -> Harness:
+    engine = sqlite_engine(tmp_path / "events.db")
+    upgrade(engine)  # the provider's migrations, as a deployment runs them before the api-server starts
     events = EventLog(engine)
     airflow = FakeAirflow()
-    config = {"current": WebhookSettings(secret=SECRET, routes=ROUTES, retry_interval=0.05, ttl=0)}
+    config = {
+        "current": WebhookSettings(
+            secret=SECRET, routes=ROUTES, retry_interval=0.05, ttl=0, batch_size=batch_size
+        )
+    }
     app = create_app(
         settings=lambda: config["current"],
         event_log=lambda: events,
-        trigger=airflow.trigger,
+        create_runs=airflow.create_runs,
         run_states=airflow.run_states,
-        retry_loop=False,
+        dispatcher_task=False,
     )
     return Harness(TestClient(app, raise_server_exceptions=False), airflow, events, config)
 
@@ -139,7 +177,7 @@ def test_missing_or_wrong_secret_is_a_bare_401(h: Harness, token: str | None) ->
 
 
 def test_secret_in_header_works_and_wrong_one_in_header_wins_over_nothing(h: Harness) -> None:
-    assert h.post(payload(), token=None, headers={TOKEN_HEADER: SECRET}).status_code == 201
+    assert h.post(payload(), token=None, headers={TOKEN_HEADER: SECRET}).status_code == 202
     assert h.post(payload(), token=None, headers={TOKEN_HEADER: "nope"}).status_code == 401
 
 
@@ -169,7 +207,7 @@ def test_wrong_content_type_is_415(h: Harness, content_type: str) -> None:
 
 
 def test_json_content_type_with_charset_is_fine(h: Harness) -> None:
-    assert h.post(payload(), headers={"Content-Type": "Application/JSON; charset=utf-8"}).status_code == 201
+    assert h.post(payload(), headers={"Content-Type": "Application/JSON; charset=utf-8"}).status_code == 202
 
 
 def test_body_over_64_kib_is_413_with_or_without_content_length(h: Harness) -> None:
@@ -194,7 +232,7 @@ def test_exactly_64_kib_is_accepted(h: Harness) -> None:
     body["padding"] = ""
     body["padding"] = "x" * (MAX_BODY_BYTES - len(json.dumps(body)))
     assert len(json.dumps(body).encode()) == MAX_BODY_BYTES
-    assert h.post(body).status_code == 201
+    assert h.post(body).status_code == 202
 
 
 def test_malformed_json_is_400(h: Harness) -> None:
@@ -309,6 +347,7 @@ def test_generated_malformed_bodies_never_5xx_and_never_create_a_run(
     detail = resp.json()["detail"]
     assert detail and all(d["field"] for d in detail)
     assert h.airflow.runs == {}
+    assert h.events.count() == 0
 
 
 @settings(
@@ -333,63 +372,82 @@ def test_generated_content_types_are_415(h: Harness, content_type: str) -> None:
     assert h.airflow.runs == {}
 
 
-# ------------------------------------------------------------------------------------- runs and routing
-def test_valid_event_creates_one_run_with_the_expected_conf(h: Harness) -> None:
+# ------------------------------------------------------------------------------- the 202-on-record contract
+RUN_ID = run_id_for("mlpipe/fashion-trainer", DIGEST)
+IMAGE = f"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
+
+
+def test_valid_event_is_202_once_recorded_and_the_dispatcher_creates_its_run(h: Harness) -> None:
     resp = h.post(payload())
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
-    run_id = run_id_for("mlpipe/fashion-trainer", DIGEST)
-    image = f"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
-    assert body == {
-        "status": "queued",
-        "event_id": run_id,
+    assert resp.status_code == 202, resp.text
+    assert resp.json() == {
+        "status": "received",
+        "event_id": RUN_ID,
         "dag_id": "train",
-        "run_id": run_id,
-        "image": image,
+        "run_id": RUN_ID,
+        "image": IMAGE,
         "tag": "latest",
         "reason": None,
         "duplicate": False,
     }
+    # Answered before any run exists: the record is the commit point.
+    assert h.airflow.runs == {}
+    stored = h.events.get(RUN_ID)
+    assert stored is not None and stored.state == "received"
+    assert h.dispatch() == 1
     assert h.airflow.runs == {
-        ("train", run_id): {"image": image, "digest": DIGEST, "tag": "latest", "min_accuracy": 0.9}
+        ("train", RUN_ID): {"image": IMAGE, "digest": DIGEST, "tag": "latest", "min_accuracy": 0.9}
     }
+    stored = h.events.get(RUN_ID)
+    assert stored is not None and stored.state == "run_created" and stored.run_id == RUN_ID
+    assert stored.run_created_at is not None and stored.run_created_at >= stored.received_at
 
 
-def test_duplicate_delivery_answers_with_the_same_run(h: Harness) -> None:
+def test_redelivery_is_200_with_the_same_ids_and_records_nothing_new(h: Harness) -> None:
     first = h.post(payload()).json()
     again = h.post(payload())
     assert again.status_code == 200
-    assert again.json()["run_id"] == first["run_id"]
+    assert (again.json()["event_id"], again.json()["run_id"]) == (first["event_id"], first["run_id"])
     assert again.json()["duplicate"] is True
-    # Another tag for the same digest is the same image: still the one run.
-    other_tag = h.post(payload(tag="v2"))
-    assert other_tag.status_code == 200 and other_tag.json()["run_id"] == first["run_id"]
-    assert len(h.airflow.runs) == 1
-    (event,) = h.events.recent()
-    assert event.deliveries == 3
+    assert h.events.count() == 1
+    h.dispatch()
+    # Once the run exists, and for another tag of the same digest (the same image): still the one run.
+    for tag in ("latest", "v2"):
+        resp = h.post(payload(tag=tag))
+        assert resp.status_code == 200 and resp.json()["run_id"] == RUN_ID
+        assert resp.json()["status"] == "run_created"
+    assert h.dispatch() == 0
+    assert list(h.airflow.runs) == [("train", RUN_ID)]
+    (stored,) = h.events.recent()
+    # Redeliveries wrote nothing: the event is as its first delivery recorded it, apart from the dispatch.
+    assert stored.deliveries == 1 and stored.tag == "latest" and stored.attempts == 1
 
 
-def test_concurrent_identical_deliveries_create_one_run(h: Harness) -> None:
+def test_concurrent_identical_deliveries_record_one_event_and_one_run(h: Harness) -> None:
     with ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda _: h.post(payload()), range(50)))
-    codes = sorted(r.status_code for r in responses)
-    assert codes == [200] * 49 + [201]
-    assert {r.json()["run_id"] for r in responses} == {run_id_for("mlpipe/fashion-trainer", DIGEST)}
-    assert len(h.airflow.runs) == 1
+    assert sorted(r.status_code for r in responses) == [200] * 49 + [202]
+    assert {r.json()["run_id"] for r in responses} == {RUN_ID}
+    h.dispatch()
+    assert list(h.airflow.runs) == [("train", RUN_ID)]
+    assert h.airflow.requested == [RUN_ID]
 
 
 def test_redelivery_after_the_run_was_deleted_creates_it_again(h: Harness) -> None:
-    run_id = h.post(payload()).json()["run_id"]
+    h.post(payload())
+    h.dispatch()
     h.airflow.runs.clear()
     resp = h.post(payload())
-    assert resp.status_code == 201 and resp.json()["run_id"] == run_id
-    assert len(h.airflow.runs) == 1
+    assert resp.status_code == 200 and resp.json()["status"] == "received"
+    h.dispatch()
+    assert list(h.airflow.runs) == [("train", RUN_ID)]
 
 
 def test_different_digests_are_different_runs(h: Harness) -> None:
     a = h.post(payload()).json()["run_id"]
     b = h.post(payload(digest="sha256:" + "e" * 64)).json()["run_id"]
-    assert a != b and len(h.airflow.runs) == 2
+    assert h.dispatch() == 2
+    assert a != b and set(h.airflow.runs) == {("train", a), ("train", b)}
 
 
 def test_unrouted_push_is_202_ignored_and_logged_with_no_run(
@@ -398,8 +456,9 @@ def test_unrouted_push_is_202_ignored_and_logged_with_no_run(
     with caplog.at_level("INFO"):
         resp = h.post(payload(repo="other/repo"))
     assert resp.status_code == 202
-    assert resp.json()["status"] == "ignored"
+    assert resp.json()["status"] == "ignored" and resp.json()["run_id"] is None
     assert "ignored" in resp.json()["reason"]
+    assert h.dispatch() == 0
     assert h.airflow.runs == {}
     assert any("ignored: no route matches other/repo:latest" in r.getMessage() for r in caplog.records)
 
@@ -408,68 +467,84 @@ def test_ignored_then_routed_tag_of_the_same_digest_starts_the_run(h: Harness) -
     h.configure(routes=(Route(repository="mlpipe/*", tag="v*", dag_id="train"),))
     assert h.post(payload(tag="dev")).json()["status"] == "ignored"
     resp = h.post(payload(tag="v1"))
-    assert resp.status_code == 201
-    assert h.airflow.runs[("train", resp.json()["run_id"])]["tag"] == "v1"
+    assert resp.status_code == 200 and resp.json()["status"] == "received"
+    h.dispatch()
+    assert h.airflow.runs[("train", RUN_ID)]["tag"] == "v1"
 
 
 def test_vpc_registry_host_is_a_configuration_choice(h: Harness) -> None:
     h.configure(registry_host="registry-vpc.{region}.aliyuncs.com")
     resp = h.post(payload())
     assert resp.json()["image"] == f"registry-vpc.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
+    h.dispatch()
+    assert h.airflow.runs[("train", RUN_ID)]["image"] == resp.json()["image"]
 
 
-def test_paused_dag_gets_its_run_and_the_answer_says_so(h: Harness) -> None:
+def test_paused_dag_keeps_its_events_pending_until_it_is_unpaused(h: Harness) -> None:
     h.airflow.paused.add("train")
-    resp = h.post(payload())
-    assert resp.status_code == 201
-    assert "paused" in resp.json()["reason"]
+    assert h.post(payload()).status_code == 202
+    h.dispatch()
+    stored = h.events.get(RUN_ID)
+    assert stored is not None and stored.state == "pending" and "paused" in (stored.reason or "")
+    assert h.airflow.runs == {}
+    assert h.dispatcher.retry_due() == 0
+    h.airflow.paused.clear()
+    assert h.dispatcher.retry_due() == 1
+    assert list(h.airflow.runs) == [("train", RUN_ID)]
 
 
-def test_dag_refusing_the_conf_is_recorded_as_rejected(h: Harness) -> None:
+def test_dag_refusing_the_conf_is_recorded_as_rejected_and_a_redelivery_retries(h: Harness) -> None:
     h.airflow.reject.add("train")
-    resp = h.post(payload())
-    assert resp.status_code == 202
-    assert resp.json()["status"] == "rejected"
-    assert "min_accuracy" in resp.json()["reason"]
-    # A redelivery after the route is fixed tries again.
+    h.post(payload())
+    h.dispatch()
+    stored = h.events.get(RUN_ID)
+    assert stored is not None and stored.state == "rejected" and "min_accuracy" in (stored.reason or "")
+    assert h.dispatcher.retry_due() == 0
     h.airflow.reject.clear()
-    assert h.post(payload()).status_code == 201
+    assert h.post(payload()).json()["status"] == "received"
+    h.dispatch()
+    assert list(h.airflow.runs) == [("train", RUN_ID)]
 
 
 # ----------------------------------------------------------------------------- pending events and retry
 def test_unparsed_dag_leaves_the_event_pending_and_the_retry_creates_the_run(h: Harness) -> None:
-    resp = h.post(payload(repo="mlpipe/late"))
-    assert resp.status_code == 202
-    assert resp.json()["status"] == "pending"
-    assert "not parsed" in resp.json()["reason"]
-    dispatcher = h.client.app.state.dispatcher  # type: ignore[attr-defined]
-    assert dispatcher.retry_due() == 0
+    event_id = h.post(payload(repo="mlpipe/late")).json()["event_id"]
+    h.dispatch()
+    stored = h.events.get(event_id)
+    assert stored is not None and stored.state == "pending" and "not parsed" in (stored.reason or "")
+    assert h.dispatcher.retry_due() == 0
     h.airflow.parsed.add("late_dag")
-    assert dispatcher.retry_due() == 1
-    (event,) = h.events.recent()
-    assert event.state == "queued" and event.run_id == resp.json()["event_id"]
-    assert event.attempts == 3
-    assert list(h.airflow.runs) == [("late_dag", event.run_id)]
-    assert dispatcher.retry_due() == 0
+    assert h.dispatcher.retry_due() == 1
+    (stored,) = h.events.recent()
+    assert stored.state == "run_created" and stored.run_id == event_id
+    assert stored.attempts == 3
+    assert list(h.airflow.runs) == [("late_dag", event_id)]
+    assert h.dispatcher.retry_due() == 0
 
 
-def test_database_busy_while_creating_the_run_is_pending_not_5xx(h: Harness) -> None:
+def test_database_error_while_creating_runs_rolls_back_and_leaves_the_events_pending(h: Harness) -> None:
     from sqlalchemy.exc import OperationalError
 
+    h.post(payload())
     h.airflow.fail_with = OperationalError("INSERT", {}, Exception("database is locked"))
-    resp = h.post(payload())
-    assert resp.status_code == 202 and resp.json()["status"] == "pending"
+    h.dispatch()
+    stored = h.events.get(RUN_ID)
+    assert stored is not None and stored.state == "pending"
+    assert "creating the run failed (OperationalError)" in (stored.reason or "")
     h.airflow.fail_with = None
-    assert h.client.app.state.dispatcher.retry_due() == 1  # type: ignore[attr-defined]
-    assert len(h.airflow.runs) == 1
+    assert h.dispatcher.retry_due() == 1
+    assert list(h.airflow.runs) == [("train", RUN_ID)]
 
 
 def test_broken_routes_keep_events_pending_until_fixed(h: Harness) -> None:
     h.configure(routes=None, routes_error="mlpipe_acr_routes is not valid JSON")
-    resp = h.post(payload())
-    assert resp.status_code == 202 and "routes configuration invalid" in resp.json()["reason"]
+    assert h.post(payload()).status_code == 202
+    h.dispatch()
+    stored = h.events.get(RUN_ID)
+    assert stored is not None and stored.state == "pending"
+    assert "routes configuration invalid" in (stored.reason or "")
     h.configure(routes=ROUTES)
-    assert h.client.app.state.dispatcher.retry_due() == 1  # type: ignore[attr-defined]
+    assert h.dispatcher.retry_due() == 1
 
 
 def test_events_endpoint_reports_a_bad_route_before_any_push(
@@ -485,9 +560,10 @@ def test_events_endpoint_reports_a_bad_route_before_any_push(
     assert listing.json()["events"] == []
     assert listing.json()["routes_error"].startswith(expected)
     # A push meanwhile waits, naming the route, instead of starting a run that would ignore the key.
-    resp = h.post(payload())
-    assert resp.status_code == 202 and resp.json()["status"] == "pending"
-    assert expected in resp.json()["reason"]
+    assert h.post(payload()).status_code == 202
+    h.dispatch()
+    (pending,) = h.client.get(f"{URL}/events", params={"token": SECRET, "state": "pending"}).json()["events"]
+    assert expected in pending["reason"]
     assert h.airflow.calls == 0
     h.config["current"] = build_settings(SECRET, json.dumps([{**routes[0], "params": {}}]), ttl=0)
     assert h.client.get(f"{URL}/events", params={"token": SECRET}).json()["routes_error"] is None
@@ -500,93 +576,39 @@ def _dropped(statement: str) -> Exception:
 
 
 @dataclass
-class FlakyUpdates:
-    """`EventLog.update` failing like a dropped database: `failures` more times, or while `down`."""
+class FlakySettle:
+    """`EventLog.settle` failing like a dropped database: `failures` more times, or for `failing_ids`."""
 
-    real: Callable[..., EventRecord]
+    real: Callable[..., None]
     failures: int = 0
-    down: bool = False
     failing_ids: set[str] = field(default_factory=set)
 
-    def __call__(self, event_id: str, **values: Any) -> EventRecord:
-        if self.down or event_id in self.failing_ids:
+    def __call__(self, session: Any, changes: list[dict[str, Any]]) -> None:
+        if {c["b_event_id"] for c in changes} & self.failing_ids:
             raise _dropped("UPDATE")
         if self.failures > 0:
             self.failures -= 1
             raise _dropped("UPDATE")
-        return self.real(event_id, **values)
+        self.real(session, changes)
 
 
-def flaky_updates(h: Harness, monkeypatch: pytest.MonkeyPatch) -> FlakyUpdates:
-    flaky = FlakyUpdates(real=h.events.update)
-    monkeypatch.setattr(h.events, "update", flaky)
-    return flaky
-
-
-def test_event_log_failing_once_after_recording_answers_pending_and_a_retry_creates_the_run(
+def test_database_dropping_while_a_batch_is_settled_loses_nothing_and_creates_no_second_run(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flaky = flaky_updates(h, monkeypatch)
-    flaky.failures = 1
-    # The database dropped mid-request: the run insert failed, then so did recording that.
-    h.airflow.fail_with = _dropped("INSERT")
-    resp = h.post(payload())
-    run_id = run_id_for("mlpipe/fashion-trainer", DIGEST)
-    assert resp.status_code == 202, resp.text
-    body = resp.json()
-    assert body["status"] == "pending"
-    assert body["run_id"] == body["event_id"] == run_id
-    assert "processing failed (OperationalError)" in body["reason"]
-    assert h.airflow.runs == {}
-    # Marked pending by the failure path, so the next pass retries it without waiting for it to go stale.
-    (event,) = h.events.recent()
-    assert event.state == "pending"
-    h.airflow.fail_with = None
-    assert h.client.app.state.dispatcher.retry_due() == 1  # type: ignore[attr-defined]
-    assert list(h.airflow.runs) == [("train", run_id)]
-    (event,) = h.events.recent()
-    assert event.state == "queued" and event.run_id == run_id
-
-
-def test_database_down_for_the_whole_request_answers_pending_and_the_stale_pickup_retries_it(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    flaky = flaky_updates(h, monkeypatch)
-    flaky.down = True
-    h.airflow.fail_with = _dropped("INSERT")
-    resp = h.post(payload())
-    assert resp.status_code == 202 and resp.json()["status"] == "pending", resp.text
-    assert resp.json()["run_id"] == run_id_for("mlpipe/fashion-trainer", DIGEST)
-    # It could not be marked pending: it keeps the state it was recorded with.
-    (event,) = h.events.recent()
-    assert event.state == "received"
-    flaky.down = False
-    h.airflow.fail_with = None
-    dispatcher = h.client.app.state.dispatcher  # type: ignore[attr-defined]
-    # Not stale yet: a request might still be processing it.
-    assert dispatcher.retry_due() == 0
-    assert h.airflow.runs == {}
-    dispatcher.stale_after = timedelta(0)
-    assert dispatcher.retry_due() == 1
-    assert list(h.airflow.runs) == [("train", event.event_id)]
-
-
-def test_redelivery_of_a_finished_event_that_cannot_be_processed_is_503_not_a_false_pending(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert h.post(payload()).status_code == 201
-    h.airflow.runs.clear()  # deleted: a redelivery would create it again
-    flaky = flaky_updates(h, monkeypatch)
-    flaky.down = True
-    h.airflow.fail_with = _dropped("INSERT")
-    resp = h.post(payload())
-    # The retry loop never looks at a queued event, so "pending" would be a promise nobody keeps.
-    assert resp.status_code == 503, resp.text
-    assert resp.headers["Retry-After"] == "30"
-    flaky.down = False
-    h.airflow.fail_with = None
-    assert h.post(payload()).status_code == 201
-    assert len(h.airflow.runs) == 1
+    """The batch's transaction rolls back: its events are `received` again and the next try settles them.
+    (The fake's runs survive the rollback, as runs committed by a crashed earlier try would.)"""
+    digests = [DIGEST, "sha256:" + "e" * 64, "sha256:" + "d" * 64]
+    for dig in digests:
+        assert h.post(payload(digest=dig)).status_code == 202
+    flaky = FlakySettle(real=h.events.settle, failures=1)
+    monkeypatch.setattr(h.events, "settle", flaky)
+    h.dispatch()
+    states = {e.state for e in h.events.recent()}
+    assert states == {"run_created"}
+    assert len(h.airflow.runs) == 3
+    assert sorted(h.airflow.requested) == sorted(
+        [run_id_for("mlpipe/fashion-trainer", d) for d in digests] * 2
+    )
 
 
 def test_one_event_failing_in_a_retry_pass_does_not_hold_back_the_others_or_the_pruning(
@@ -594,9 +616,10 @@ def test_one_event_failing_in_a_retry_pass_does_not_hold_back_the_others_or_the_
 ) -> None:
     first = h.post(payload(repo="mlpipe/late")).json()["event_id"]
     second = h.post(payload(repo="mlpipe/late", digest="sha256:" + "e" * 64)).json()["event_id"]
+    h.dispatch()
     h.airflow.parsed.add("late_dag")
-    flaky = flaky_updates(h, monkeypatch)
-    flaky.failing_ids.add(first)  # due() returns the oldest first: the failing event comes before the other
+    flaky = FlakySettle(real=h.events.settle, failing_ids={first})
+    monkeypatch.setattr(h.events, "settle", flaky)
     pruned: list[timedelta] = []
     real_prune = h.events.prune
 
@@ -605,20 +628,18 @@ def test_one_event_failing_in_a_retry_pass_does_not_hold_back_the_others_or_the_
         return real_prune(older_than)
 
     monkeypatch.setattr(h.events, "prune", prune)
-    dispatcher = h.client.app.state.dispatcher  # type: ignore[attr-defined]
     with caplog.at_level("WARNING"):
-        assert dispatcher.retry_due() == 1
+        assert h.dispatcher.retry_due() == 1
     states = {e.event_id: e.state for e in h.events.recent()}
-    assert states == {first: "pending", second: "queued"}
+    assert states == {first: "pending", second: "run_created"}
     assert pruned == [timedelta(days=30)]
     assert any(
-        first in r.getMessage() and "retry failed (OperationalError" in r.getMessage() for r in caplog.records
+        first in r.getMessage() and "creating its run failed" in r.getMessage() for r in caplog.records
     )
-    # The failing event is still due: once its bookkeeping works again, the next pass finishes it.
     flaky.failing_ids.clear()
-    assert dispatcher.retry_due() == 1
+    assert h.dispatcher.retry_due() == 1
     event = h.events.get(first)
-    assert event is not None and event.state == "queued"
+    assert event is not None and event.state == "run_created"
 
 
 def test_event_log_unavailable_is_503_and_nothing_claims_success(tmp_path: Path) -> None:
@@ -628,8 +649,8 @@ def test_event_log_unavailable_is_503_and_nothing_claims_success(tmp_path: Path)
     app = create_app(
         settings=lambda: WebhookSettings(secret=SECRET, routes=ROUTES),
         event_log=broken,
-        trigger=FakeAirflow().trigger,
-        retry_loop=False,
+        create_runs=FakeAirflow().create_runs,
+        dispatcher_task=False,
     )
     client = TestClient(app, raise_server_exceptions=False)
     resp = client.post(URL, json=payload(), params={"token": SECRET})
@@ -637,38 +658,97 @@ def test_event_log_unavailable_is_503_and_nothing_claims_success(tmp_path: Path)
     assert resp.headers["Retry-After"] == "30"
 
 
-def test_retry_loop_runs_in_the_app_lifespan(tmp_path: Path) -> None:
+def test_unmigrated_database_is_503_and_creates_no_table(tmp_path: Path) -> None:
+    engine = sqlite_engine(tmp_path / "bare.db")
+    events = EventLog(engine)
+    app = create_app(
+        settings=lambda: WebhookSettings(secret=SECRET, routes=ROUTES),
+        event_log=lambda: events,
+        create_runs=FakeAirflow().create_runs,
+        dispatcher_task=False,
+    )
+    resp = TestClient(app, raise_server_exceptions=False).post(URL, json=payload(), params={"token": SECRET})
+    assert resp.status_code == 503
+    from sqlalchemy import inspect
+
+    assert inspect(engine).get_table_names() == []
+
+
+def test_dispatcher_runs_in_the_app_lifespan_and_is_woken_by_a_push(tmp_path: Path) -> None:
     h = make_harness(tmp_path)
+    # A long poll interval: only the push's wake-up can create the run within the wait below.
+    h.configure(dispatch_interval=600.0, retry_interval=600.0)
     app = create_app(
         settings=lambda: h.config["current"],
         event_log=lambda: h.events,
-        trigger=h.airflow.trigger,
+        create_runs=h.airflow.create_runs,
         run_states=h.airflow.run_states,
     )
     with TestClient(app) as client:
-        resp = client.post(URL, json=payload(repo="mlpipe/late"), params={"token": SECRET})
-        assert resp.json()["status"] == "pending"
-        h.airflow.parsed.add("late_dag")
-        for _ in range(200):
-            if h.airflow.runs:
-                break
-            threading.Event().wait(0.02)
-        assert len(h.airflow.runs) == 1
+        resp = client.post(URL, json=payload(), params={"token": SECRET})
+        assert resp.status_code == 202
+        assert h.airflow.created.wait(60)
+    assert list(h.airflow.runs) == [("train", RUN_ID)]
+
+
+# ------------------------------------------------------------------------------- batches and claims
+def test_a_burst_is_dispatched_in_batches(tmp_path: Path) -> None:
+    h = make_harness(tmp_path, batch_size=10)
+    for n in range(25):
+        assert h.post(payload(digest=f"sha256:{n:064x}")).status_code == 202
+    assert h.dispatch() == 25
+    assert h.airflow.calls == 3  # 10 + 10 + 5
+    assert len(h.airflow.runs) == 25
+
+
+def test_two_dispatchers_on_one_sqlite_database_claim_each_event_once(tmp_path: Path) -> None:
+    """Two processes' dispatchers, emulated as two engines on one SQLite file draining at once: the claim
+    takes SQLite's write lock first, so no event is handed to both."""
+    h = make_harness(tmp_path, batch_size=7)
+    for n in range(120):
+        h.post(payload(digest=f"sha256:{n:064x}"))
+    other_events = EventLog(sqlite_engine(tmp_path / "events.db"))
+    other = Dispatcher(
+        event_log=lambda: other_events,
+        settings=lambda: h.config["current"],
+        create_runs=h.airflow.create_runs,
+        run_states=h.airflow.run_states,
+    )
+    start = threading.Barrier(2)
+
+    def drain(dispatcher: Dispatcher) -> int:
+        start.wait()
+        return dispatcher.drain()
+
+    with ThreadPoolExecutor(2) as pool:
+        claimed = list(pool.map(drain, [h.dispatcher, other]))
+    assert sum(claimed) == 120
+    assert sorted(h.airflow.requested) == sorted(set(h.airflow.requested))
+    assert len(h.airflow.runs) == 120
+    assert h.events.count("run_created") == 120
 
 
 # --------------------------------------------------------------------------------------- events listing
-def test_events_list_run_ids_and_states(h: Harness) -> None:
+def test_events_list_states_reasons_run_ids_and_ack_to_run_time(h: Harness) -> None:
     h.post(payload())
     h.post(payload(repo="other/repo"))
     h.post(payload(repo="mlpipe/late"))
+    received = h.client.get(f"{URL}/events", params={"token": SECRET, "state": "received"}).json()["events"]
+    assert {e["repository"] for e in received} == {"mlpipe/fashion-trainer", "mlpipe/late"}
+    assert all(e["run_id"] == e["event_id"] and e["ack_to_run_created_ms"] is None for e in received)
+    h.dispatch()
     resp = h.client.get(f"{URL}/events", params={"token": SECRET})
     assert resp.status_code == 200
     events = {e["repository"]: e for e in resp.json()["events"]}
-    assert events["mlpipe/fashion-trainer"]["state"] == "queued"
-    assert events["mlpipe/fashion-trainer"]["run_state"] == "queued"
-    assert events["mlpipe/fashion-trainer"]["run_id"] == run_id_for("mlpipe/fashion-trainer", DIGEST)
+    created = events["mlpipe/fashion-trainer"]
+    assert created["state"] == "run_created" and created["run_state"] == "queued"
+    assert created["run_id"] == RUN_ID
+    assert created["ack_to_run_created_ms"] >= 0
+    assert created["run_created_at"] >= created["received_at"]
     assert events["other/repo"]["state"] == "ignored" and events["other/repo"]["run_id"] is None
-    assert events["mlpipe/late"]["state"] == "pending"
+    late = events["mlpipe/late"]
+    assert late["state"] == "pending" and "not parsed" in late["reason"]
+    assert late["run_id"] == late["event_id"] and late["run_state"] is None
     pending = h.client.get(f"{URL}/events", params={"token": SECRET, "state": "pending"}).json()["events"]
     assert [e["repository"] for e in pending] == ["mlpipe/late"]
 
