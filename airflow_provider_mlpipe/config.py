@@ -58,8 +58,20 @@ def kubernetes_namespace() -> str:
 
 
 def kubernetes_oss_secret() -> str:
-    """Secret with keys `access_key_id` and `access_key_secret`, handed to pods by secretKeyRef only."""
+    """Secret with keys `access_key_id` and `access_key_secret` (exactly these), handed to pods by
+    secretKeyRef only."""
     return _get("kubernetes_oss_secret", "mlpipe-oss")
+
+
+def kubernetes_oss_location() -> dict[str, str]:
+    """`[mlpipe] kubernetes_oss_region` / `kubernetes_oss_endpoint`: where the pods reach the bucket when it
+    differs from the store's settings (e.g. the VPC endpoint `oss-cn-hangzhou-internal.aliyuncs.com` for pods,
+    the public one for an Airflow outside the cluster). Empty values are left out."""
+    location = {
+        "OSS_REGION": _get("kubernetes_oss_region", "").strip(),
+        "OSS_ENDPOINT": _get("kubernetes_oss_endpoint", "").strip(),
+    }
+    return {key: value for key, value in location.items() if value}
 
 
 def kubernetes_serving_image() -> str:

@@ -4,7 +4,8 @@ No I/O and no Kubernetes client here: the operators build a manifest, the hooks 
 lets the tests validate every manifest against the Kubernetes OpenAPI schemas (`kubernetes-validate
 --strict`) without a cluster.
 
-Credentials never appear in a manifest: pods get the OSS keys through `secretKeyRef` to a Secret.
+Credentials never appear in a manifest: pods get the OSS keys through `secretKeyRef` to a Secret. Where the
+bucket lives (`OSS_REGION`, `OSS_ENDPOINT`) is not secret: it comes from the store's settings as plain values.
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ A_VERSION = "mlpipe.io/model-version"
 A_PREVIOUS_VERSION = "mlpipe.io/previous-version"
 A_PREVIOUS_TEMPLATE = "mlpipe.io/previous-template"
 
-# OSS credentials: Secret keys -> environment variables the OSS store backend reads.
+# OSS credentials: Secret keys -> environment variables the OSS store backend reads. Exactly the keys of
+# README's Secret and deploy/oss-secret.example.yaml.
 OSS_SECRET_KEYS = {
-    "OSS_ACCESS_KEY_ID": ("access_key_id", False),
-    "OSS_ACCESS_KEY_SECRET": ("access_key_secret", False),
-    # Optional: the endpoint may also come from the store URI.
-    "OSS_ENDPOINT": ("endpoint", True),
+    "OSS_ACCESS_KEY_ID": "access_key_id",
+    "OSS_ACCESS_KEY_SECRET": "access_key_secret",
 }
+# Where the bucket lives: plain env values (the store backend needs the region or the endpoint).
+OSS_LOCATION_ENV = ("OSS_REGION", "OSS_ENDPOINT")
 
 _DNS_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -152,17 +154,22 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def oss_env(secret_name: str, *, required: bool) -> list[dict[str, Any]]:
-    """OSS credentials as secretKeyRef env vars; `required=False` when nothing reads OSS (file:// store)."""
-    return [
+def oss_env(
+    secret_name: str, *, required: bool, location: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """OSS credentials as secretKeyRef env vars (`required=False` when nothing reads OSS: file:// store),
+    then the bucket's `location` (`OSS_REGION` / `OSS_ENDPOINT` -> value) as plain values."""
+    env: list[dict[str, Any]] = [
         {
-            "name": env,
-            "valueFrom": {
-                "secretKeyRef": {"name": secret_name, "key": key, "optional": optional or not required}
-            },
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key, "optional": not required}},
         }
-        for env, (key, optional) in OSS_SECRET_KEYS.items()
+        for name, key in OSS_SECRET_KEYS.items()
     ]
+    for name in OSS_LOCATION_ENV:
+        if (location or {}).get(name):
+            env.append({"name": name, "value": str((location or {})[name])})
+    return env
 
 
 def uses_oss(*uris: str | None) -> bool:
@@ -212,6 +219,7 @@ def train_job(
     active_deadline_seconds: int = 6 * 3600,
     ttl_seconds_after_finished: int = 24 * 3600,
     service_account: str = "",
+    oss_location: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """batch/v1 Job running the trainer of `image` (pinned by digest) for one model version."""
     meta_labels = labels("training", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
@@ -230,7 +238,7 @@ def train_job(
     ]
     if dataset:
         env.append({"name": "MLPIPE_DATASET", "value": dataset})
-    env.extend(oss_env(oss_secret, required=uses_oss(model_store, dataset)))
+    env.extend(oss_env(oss_secret, required=uses_oss(model_store, dataset), location=oss_location))
     args = [f"--{key.replace('_', '-')}={value}" for key, value in sorted(hyperparameters.items())]
     tolerations = list(tolerations or [])
     if gpus > 0 and not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
@@ -300,6 +308,7 @@ def serving_pod_template(
     cpu: str = "500m",
     memory: str = "1Gi",
     service_account: str = "",
+    oss_location: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Pod template: fetch `version` from the store into an emptyDir, then TF Serving reads it."""
     base_path = f"{MODELS_DIR}/{model_name}"
@@ -325,7 +334,7 @@ def serving_pod_template(
                     ],
                     "env": [
                         {"name": "HOME", "value": "/tmp"},
-                        *oss_env(oss_secret, required=uses_oss(model_store)),
+                        *oss_env(oss_secret, required=uses_oss(model_store), location=oss_location),
                     ],
                     "resources": {
                         "requests": {"cpu": "100m", "memory": "256Mi"},

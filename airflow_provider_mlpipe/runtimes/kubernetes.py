@@ -9,9 +9,10 @@ template.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlpipe import config, manifests
 from airflow_provider_mlpipe.exceptions import ConfigError
@@ -33,6 +34,9 @@ from airflow_provider_mlpipe.runtimes.base import (
 from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
 from airflow_provider_mlpipe.triggers.kubernetes_serving import KubernetesServingTrigger
 from airflow_provider_mlpipe.validation import check_hyperparameters
+
+if TYPE_CHECKING:
+    from airflow_provider_mlpipe.modelstore import ModelStore
 
 # activeDeadlineSeconds ends a Job first; the trigger's deadline, this much later, catches a Job stuck
 # without a verdict, and the task's backstop (later still) a triggerer that is down.
@@ -71,6 +75,33 @@ def check_replicas(replicas: object) -> int:
     if count < 1:
         raise ConfigError("replicas", replicas, "an integer >= 1")
     return count
+
+
+def _store_location(store: ModelStore) -> dict[str, str]:
+    return dict(getattr(store.backend, "location", None) or {})
+
+
+def pod_oss_location(
+    uris: tuple[str | None, ...], store_location: Callable[[], dict[str, str]]
+) -> dict[str, str]:
+    """`OSS_REGION` / `OSS_ENDPOINT` for pods that read `uris`: `[mlpipe] kubernetes_oss_region` /
+    `kubernetes_oss_endpoint` when either is set, else the store's own settings (the `oss` connection's
+    extras `region` / `endpoint`, or the OSS_* environment of Airflow's worker); {} when nothing is on OSS.
+
+    Without them the trainer and the fetch step stop at start-up ("missing OSS_REGION"), after the image
+    pull and the scheduling wait: refused here instead, before anything is created.
+    """
+    if not manifests.uses_oss(*uris):
+        return {}
+    location = config.kubernetes_oss_location() or store_location()
+    if not location:
+        raise ConfigError(
+            "OSS region",
+            None,
+            "the oss connection's extra region or endpoint, or [mlpipe] kubernetes_oss_region / "
+            "kubernetes_oss_endpoint: the pods need to know where the bucket lives",
+        )
+    return location
 
 
 class KubernetesRuntime(Runtime):
@@ -125,7 +156,16 @@ class KubernetesRuntime(Runtime):
             active_deadline_seconds=int(spec.timeout.total_seconds()),
             ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
             service_account=config.kubernetes_service_account(),
+            oss_location=pod_oss_location(
+                (spec.store.store.uri, spec.dataset), lambda: self._training_store_location(spec)
+            ),
         )
+
+    @staticmethod
+    def _training_store_location(spec: TrainingSpec) -> dict[str, str]:
+        # The model store's backend already read the connection; a file:// store with an oss:// dataset
+        # reads it here.
+        return _store_location(spec.store.store) or spec.store.oss_credentials().location_env()
 
     @staticmethod
     def _training_handle(namespace: str, job_name: str) -> Handle:
@@ -198,6 +238,7 @@ class KubernetesRuntime(Runtime):
             cpu=str(spec.cpu),
             memory=str(spec.memory),
             service_account=config.kubernetes_service_account(),
+            oss_location=pod_oss_location((spec.store.uri,), lambda: _store_location(spec.store)),
         )
         desired = manifests.serving_deployment(
             name=name,
@@ -211,6 +252,16 @@ class KubernetesRuntime(Runtime):
             replicas=check_replicas(spec.replicas),
             progress_deadline_seconds=int(spec.ready_timeout.total_seconds()),
         )
+        # Built (and so checked: load balancer settings) before anything is written to the cluster.
+        wanted_service = manifests.serving_service(
+            name=name,
+            namespace=hook.namespace,
+            service_type=spec.service_type or config.kubernetes_service_type(spec.endpoint),
+            model_name=spec.model_name,
+            run_key=run_key,
+            dag_id=spec.dag_id,
+            annotations=spec.service_annotations,
+        )
         if deployment is None:
             deployment, _ = hook.create_or_adopt(desired)
             previous = None
@@ -222,17 +273,7 @@ class KubernetesRuntime(Runtime):
             log.info("%s/%s runs v%s: rolling out v%s", hook.namespace, name, serving, version)
             deployment = hook.patch("Deployment", name, manifests.rollout_patch(deployment, desired))
             previous = serving
-        service, _ = hook.create_or_adopt(
-            manifests.serving_service(
-                name=name,
-                namespace=hook.namespace,
-                service_type=spec.service_type or config.kubernetes_service_type(spec.endpoint),
-                model_name=spec.model_name,
-                run_key=run_key,
-                dag_id=spec.dag_id,
-                annotations=spec.service_annotations,
-            )
-        )
+        service, _ = hook.create_or_adopt(wanted_service)
         wait_for_address = (service.get("spec") or {}).get("type") == "LoadBalancer"
         timeout = spec.ready_timeout * (2 if wait_for_address else 1) + SERVING_TRIGGER_GRACE
         trigger = KubernetesServingTrigger(

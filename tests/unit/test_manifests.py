@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ ALL: dict[str, Any] = {
         tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
         service_account="mlpipe-train",
     ),
+    "job-oss-location": lambda: job(oss_location=LOCATION),
     "job-file-store": lambda: job(model_store="file:///mnt/models", dataset=None, hyperparameters={}),
     "deployment": deployment,
     "deployment-rolled-out": rolled_out,
@@ -242,6 +244,9 @@ def test_job_spec() -> None:
     assert spec["template"]["metadata"]["labels"] == labels
 
 
+LOCATION = {"OSS_REGION": "cn-hangzhou", "OSS_ENDPOINT": "oss-cn-hangzhou-internal.aliyuncs.com"}
+
+
 def test_credentials_only_by_secret_key_ref() -> None:
     for build in ALL.values():
         manifest = build()
@@ -250,7 +255,7 @@ def test_credentials_only_by_secret_key_ref() -> None:
         pod = manifest.get("spec", {}).get("template", {}).get("spec", {})
         for container in pod.get("initContainers", []) + pod.get("containers", []):
             for env in container.get("env", []):
-                if env["name"].startswith("OSS_"):
+                if env["name"].startswith("OSS_ACCESS_KEY"):
                     assert set(env) == {"name", "valueFrom"}
                     assert env["valueFrom"]["secretKeyRef"]["name"] == "mlpipe-oss"
     assert {e["name"] for e in job()["spec"]["template"]["spec"]["containers"][0]["env"]} >= {
@@ -263,7 +268,7 @@ def test_credentials_only_by_secret_key_ref() -> None:
         for e in job()["spec"]["template"]["spec"]["containers"][0]["env"]
         if "valueFrom" in e
     ]
-    assert [r["optional"] for r in refs if r["key"] != "endpoint"] == [False, False]
+    assert [r["optional"] for r in refs] == [False, False]
     local = job(model_store="file:///mnt/models", dataset=None)
     refs = [
         e["valueFrom"]["secretKeyRef"]
@@ -271,6 +276,53 @@ def test_credentials_only_by_secret_key_ref() -> None:
         if "valueFrom" in e
     ]
     assert all(r["optional"] for r in refs)
+
+
+def _pod_containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = manifest["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def test_pods_read_exactly_the_secret_keys_of_the_readme_and_the_example() -> None:
+    """The Secret README step 2 creates and deploy/oss-secret.example.yaml holds the keys the pods read,
+    no more and no fewer: a key the pods read that the documented Secret lacks stops them on a cluster."""
+    readme = (REPO / "README.md").read_text()
+    step = readme[readme.index("kubectl -n mlpipe create secret generic mlpipe-oss") :]
+    step = step[: step.index("```")]
+    documented = set(re.findall(r"--from-literal=(\w+)=", step))
+    (example,) = [d for d in deploy_files() if d["kind"] == "Secret"]
+    read = {
+        env["valueFrom"]["secretKeyRef"]["key"]
+        for manifest in (job(), deployment())
+        for container in _pod_containers(manifest)
+        for env in container.get("env", [])
+        if "valueFrom" in env
+    }
+    assert read == documented == set(example["stringData"]) == {"access_key_id", "access_key_secret"}
+
+
+def test_oss_region_and_endpoint_reach_the_trainer_and_the_fetch_step() -> None:
+    """Where the bucket lives is a plain value on every container that opens the store (not secret)."""
+    template = manifests.serving_pod_template(
+        name="serve-fashion-mnist-staging",
+        model_name="fashion_mnist",
+        version=3,
+        model_store="oss://models-bucket/mlpipe",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/mlpipe/fetch@" + DIGEST,
+        oss_secret="mlpipe-oss",
+        oss_location=LOCATION,
+    )
+    (fetch,) = template["spec"]["initContainers"]
+    (trainer,) = job(oss_location=LOCATION)["spec"]["template"]["spec"]["containers"]
+    for container in (trainer, fetch):
+        values = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: values.get(k) for k in LOCATION} == LOCATION
+        # One entry per name: the API server warns on duplicates and the last one would win.
+        names = [e["name"] for e in container["env"]]
+        assert len(names) == len(set(names))
+    for version in VERSIONS:
+        kubernetes_validate.validate(job(oss_location=LOCATION), version, strict=True)
 
 
 def test_deployment_spec() -> None:

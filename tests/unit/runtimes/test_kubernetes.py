@@ -4,8 +4,10 @@ the operators' flows on it are in tests/unit/operators/test_*_kubernetes.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,8 +17,8 @@ from airflow_provider_mlpipe.hooks.model_store import ModelStoreHook
 from airflow_provider_mlpipe.operators.serving import ServingDeployOperator
 from airflow_provider_mlpipe.operators.train import KubeTrainJobOperator
 from airflow_provider_mlpipe.runtimes import get_runtime
-from airflow_provider_mlpipe.runtimes.base import TrainingSpec
-from airflow_provider_mlpipe.runtimes.kubernetes import KubernetesRuntime
+from airflow_provider_mlpipe.runtimes.base import ServingSpec, TrainingSpec
+from airflow_provider_mlpipe.runtimes.kubernetes import KubernetesRuntime, pod_oss_location
 from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
 from tests.kubernetes_emulator import NAMESPACE, EmulatedCluster, execute_until_deferred, make_context
 
@@ -139,3 +141,73 @@ async def test_a_0_1_0_kubernetes_deferral_resumes(
             version=1,
             previous=None,
         )
+
+
+def _oss_env(container: dict[str, Any]) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", "secretKeyRef") for e in container["env"] if e["name"].startswith("OSS_")
+    }
+
+
+def test_oss_region_and_endpoint_of_the_connection_reach_the_pods(
+    k8s: EmulatedCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `oss` connection in the Alibaba provider's fields (extras region / endpoint): the training Job and
+    the serving fetch step get the same OSS_REGION / OSS_ENDPOINT, the keys only by secretKeyRef. No OSS
+    request is made (opening the store's client connects to nothing)."""
+    extra = {
+        "auth_type": "AK",
+        "access_key_id": "LTAI-conn-id",
+        "access_key_secret": "conn-secret-value",
+        "region": "cn-shanghai",
+        "endpoint": "oss-cn-shanghai-internal.aliyuncs.com",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_OSS_DEFAULT", json.dumps({"conn_type": "oss", "extra": extra}))
+    for name in ("OSS_REGION", "OSS_ENDPOINT", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    wanted = {
+        "OSS_ACCESS_KEY_ID": "secretKeyRef",
+        "OSS_ACCESS_KEY_SECRET": "secretKeyRef",
+        "OSS_REGION": "cn-shanghai",
+        "OSS_ENDPOINT": "oss-cn-shanghai-internal.aliyuncs.com",
+    }
+    runtime = get_runtime("kubernetes")
+    assert isinstance(runtime, KubernetesRuntime)
+    hook = ModelStoreHook("oss://models-bucket/mlpipe")
+    job = runtime.job_manifest(spec("unused", store=hook), version=1, run_key="dag/run", name="train-x")
+    assert _oss_env(job["spec"]["template"]["spec"]["containers"][0]) == wanted
+
+    serving = ServingSpec(
+        endpoint="staging",
+        model_name="fashion_mnist",
+        store=hook.store,
+        ready_timeout=timedelta(minutes=5),
+        poll_interval=0.05,
+        dag_id="dag",
+    )
+    runtime.deploy_serving(serving, name="serve-fashion-mnist-staging", version=1, run_key="dag/run")
+    deployment = k8s.get("deployments", "serve-fashion-mnist-staging")
+    assert deployment is not None
+    (fetch,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert _oss_env(fetch) == wanted
+    assert "conn-secret-value" not in json.dumps(deployment) + json.dumps(job)
+
+    # [mlpipe] kubernetes_oss_* wins for the pods (e.g. the VPC endpoint while Airflow uses the public one).
+    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_OSS_ENDPOINT", "https://oss-cn-shanghai-internal.example")
+    job = runtime.job_manifest(spec("unused", store=hook), version=1, run_key="dag/run", name="train-x")
+    env = _oss_env(job["spec"]["template"]["spec"]["containers"][0])
+    assert env["OSS_ENDPOINT"] == "https://oss-cn-shanghai-internal.example" and "OSS_REGION" not in env
+
+
+def test_a_file_store_gives_the_pods_no_oss_location(store_uri: str) -> None:
+    runtime = get_runtime("kubernetes")
+    assert isinstance(runtime, KubernetesRuntime)
+    job = runtime.job_manifest(spec(store_uri), version=1, run_key="dag/run", name="train-x")
+    env = _oss_env(job["spec"]["template"]["spec"]["containers"][0])
+    assert env == {"OSS_ACCESS_KEY_ID": "secretKeyRef", "OSS_ACCESS_KEY_SECRET": "secretKeyRef"}
+
+
+def test_pod_oss_location_refuses_an_oss_store_without_a_region() -> None:
+    with pytest.raises(ConfigError, match="kubernetes_oss_region"):
+        pod_oss_location(("oss://models-bucket/x",), dict)
+    assert pod_oss_location(("file:///models", None), dict) == {}
