@@ -113,6 +113,28 @@ def kubernetes_service_type(endpoint: str) -> str:
     return value
 
 
+def kubernetes_load_balancer_address_type() -> str:
+    """`intranet` (default) or `internet` (ACK's address-type annotation on LoadBalancer Services)."""
+    value = _get("kubernetes_load_balancer_address_type", "intranet").strip()
+    if value not in ("intranet", "internet"):
+        raise ConfigError("[mlpipe] kubernetes_load_balancer_address_type", value, "intranet or internet")
+    return value
+
+
+def kubernetes_load_balancer_source_ranges() -> list[str]:
+    """Comma-separated CIDRs allowed to reach a LoadBalancer Service; required with `internet`."""
+    raw = _get("kubernetes_load_balancer_source_ranges", "")
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def kubernetes_expose_grpc() -> bool:
+    """Whether the serving Service also exposes TF Serving's gRPC port (8500); default: REST only."""
+    raw = _get("kubernetes_expose_grpc", "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError("[mlpipe] kubernetes_expose_grpc", raw, "true or false")
+    return raw in ("true", "1", "yes")
+
+
 def check_runtime(runtime: object) -> str:
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", runtime, f"one of {', '.join(RUNTIMES)}")

@@ -40,6 +40,9 @@ A_IMAGE = "mlpipe.io/image"
 A_VERSION = "mlpipe.io/model-version"
 A_PREVIOUS_VERSION = "mlpipe.io/previous-version"
 A_PREVIOUS_TEMPLATE = "mlpipe.io/previous-template"
+# Alibaba Cloud (ACK) load balancer address type; ACK's own default is `internet`.
+A_LB_ADDRESS_TYPE = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type"
+LB_ADDRESS_TYPES = ("intranet", "internet")
 
 # OSS credentials: Secret keys -> environment variables the OSS store backend reads. Exactly the keys of
 # README's Secret and deploy/oss-secret.example.yaml.
@@ -429,6 +432,18 @@ def serving_deployment(
     }
 
 
+def _check_source_ranges(source_ranges: list[str]) -> list[str]:
+    import ipaddress
+
+    checked = []
+    for cidr in source_ranges:
+        try:
+            checked.append(str(ipaddress.ip_network(str(cidr).strip(), strict=True)))
+        except ValueError:
+            raise ConfigError("load balancer source range", cidr, "a CIDR such as 203.0.113.0/24") from None
+    return checked
+
+
 def serving_service(
     *,
     name: str,
@@ -438,25 +453,45 @@ def serving_service(
     run_key: str,
     dag_id: str,
     annotations: dict[str, str] | None = None,
+    address_type: str = "intranet",
+    source_ranges: list[str] | None = None,
+    expose_grpc: bool = False,
 ) -> dict[str, Any]:
+    """The endpoint's Service. TF Serving has no authentication: a LoadBalancer is an intranet one
+    (ACK's address-type annotation) unless `address_type="internet"`, which needs `source_ranges` (the
+    clients' CIDRs, as `loadBalancerSourceRanges`); only the REST port unless `expose_grpc`."""
     meta_labels = labels("serving", model_name=model_name, version=None, dag_id=dag_id, run_key=run_key)
     meta_labels[L_ENDPOINT] = name
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": meta_labels}
-    if annotations:
-        metadata["annotations"] = dict(annotations)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata,
-        "spec": {
-            "type": service_type,
-            "selector": serving_selector(name),
-            "ports": [
-                {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-            ],
-        },
-    }
+    wanted_annotations = dict(annotations or {})
+    ranges = _check_source_ranges(list(source_ranges or []))
+    spec: dict[str, Any] = {"type": service_type, "selector": serving_selector(name)}
+    if service_type == "LoadBalancer":
+        if address_type not in LB_ADDRESS_TYPES:
+            raise ConfigError("load balancer address type", address_type, " or ".join(LB_ADDRESS_TYPES))
+        given = wanted_annotations.get(A_LB_ADDRESS_TYPE, address_type)
+        if given != address_type:
+            raise ConfigError(
+                f"service annotation {A_LB_ADDRESS_TYPE}",
+                given,
+                f"the address type set by [mlpipe] kubernetes_load_balancer_address_type ({address_type})",
+            )
+        if address_type == "internet" and not ranges:
+            raise ConfigError(
+                "load balancer source ranges",
+                ranges,
+                "the clients' CIDRs ([mlpipe] kubernetes_load_balancer_source_ranges): an internet load "
+                "balancer in front of TF Serving, which has no authentication, must not be open to all",
+            )
+        wanted_annotations[A_LB_ADDRESS_TYPE] = address_type
+        if ranges:
+            spec["loadBalancerSourceRanges"] = ranges
+    if wanted_annotations:
+        metadata["annotations"] = wanted_annotations
+    spec["ports"] = [{"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"}]
+    if expose_grpc:
+        spec["ports"].append({"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"})
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
 
 def rollout_patch(deployment: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:

@@ -261,6 +261,9 @@ class KubernetesRuntime(Runtime):
             run_key=run_key,
             dag_id=spec.dag_id,
             annotations=spec.service_annotations,
+            address_type=config.kubernetes_load_balancer_address_type(),
+            source_ranges=config.kubernetes_load_balancer_source_ranges(),
+            expose_grpc=config.kubernetes_expose_grpc(),
         )
         if deployment is None:
             deployment, _ = hook.create_or_adopt(desired)

@@ -68,7 +68,7 @@ def deployment(version: int = 3, name: str = "serve-fashion-mnist-production") -
     )
 
 
-def service(service_type: str) -> dict[str, Any]:
+def service(service_type: str, **kwargs: Any) -> dict[str, Any]:
     return manifests.serving_service(
         name="serve-fashion-mnist-production",
         namespace="mlpipe",
@@ -76,7 +76,8 @@ def service(service_type: str) -> dict[str, Any]:
         model_name="fashion_mnist",
         run_key=RUN,
         dag_id="mlpipe_fashion_mnist",
-        annotations={"service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type": "intranet"},
+        annotations={"service.beta.kubernetes.io/alibaba-cloud-loadbalancer-id": "lb-bp1example"},
+        **kwargs,
     )
 
 
@@ -113,6 +114,9 @@ ALL: dict[str, Any] = {
     "deployment-rolled-back": rolled_back,
     "service-clusterip": lambda: service("ClusterIP"),
     "service-loadbalancer": lambda: service("LoadBalancer"),
+    "service-loadbalancer-internet": lambda: service(
+        "LoadBalancer", address_type="internet", source_ranges=["203.0.113.0/24"], expose_grpc=True
+    ),
 }
 
 
@@ -415,3 +419,20 @@ def test_manifests_are_not_mutated_by_patch_building() -> None:
     snapshot = copy.deepcopy(before)
     manifests.rollout_patch(before, deployment(4))
     assert before == snapshot
+
+
+def test_load_balancer_is_intranet_unless_internet_is_set_with_source_ranges() -> None:
+    lb = service("LoadBalancer")
+    assert lb["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "intranet"
+    assert [p["name"] for p in lb["spec"]["ports"]] == ["http"]
+    cluster_ip = service("ClusterIP")
+    assert manifests.A_LB_ADDRESS_TYPE not in cluster_ip["metadata"]["annotations"]
+    with pytest.raises(ConfigError, match="source ranges"):
+        service("LoadBalancer", address_type="internet")
+    with pytest.raises(ConfigError, match="CIDR"):
+        service("LoadBalancer", address_type="internet", source_ranges=["0.0.0.0/33"])
+    with pytest.raises(ConfigError, match="intranet or internet"):
+        service("LoadBalancer", address_type="public")
+    public = service("LoadBalancer", address_type="internet", source_ranges=["203.0.113.0/24"])
+    assert public["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert public["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "internet"

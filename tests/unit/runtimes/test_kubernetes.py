@@ -211,3 +211,70 @@ def test_pod_oss_location_refuses_an_oss_store_without_a_region() -> None:
     with pytest.raises(ConfigError, match="kubernetes_oss_region"):
         pod_oss_location(("oss://models-bucket/x",), dict)
     assert pod_oss_location(("file:///models", None), dict) == {}
+
+
+def _serving_spec(store_uri: str, endpoint: str, **kwargs: Any) -> ServingSpec:
+    from airflow_provider_mlpipe.modelstore import open_store
+
+    values: dict[str, Any] = {
+        "endpoint": endpoint,
+        "model_name": "fashion_mnist",
+        "store": open_store(store_uri),
+        "ready_timeout": timedelta(minutes=5),
+        "poll_interval": 0.05,
+        "dag_id": "dag",
+        **kwargs,
+    }
+    return ServingSpec(**values)
+
+
+PROD = "serve-fashion-mnist-production"
+
+
+def test_production_load_balancer_is_intranet_with_only_the_rest_port(
+    k8s: EmulatedCluster, store_uri: str
+) -> None:
+    """TF Serving has no authentication: ACK's default (internet) is never what production gets unasked."""
+    get_runtime("kubernetes").deploy_serving(
+        _serving_spec(store_uri, "production"), name=PROD, version=1, run_key="r"
+    )
+    service = k8s.get("services", PROD)
+    assert service is not None and service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "intranet"
+    assert [p["port"] for p in service["spec"]["ports"]] == [manifests.REST_PORT]
+    assert "loadBalancerSourceRanges" not in service["spec"]
+
+
+def test_internet_load_balancer_needs_source_ranges(
+    k8s: EmulatedCluster, store_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_LOAD_BALANCER_ADDRESS_TYPE", "internet")
+    with pytest.raises(ConfigError, match="source ranges"):
+        get_runtime("kubernetes").deploy_serving(
+            _serving_spec(store_uri, "production"), name=PROD, version=1, run_key="r"
+        )
+    # Refused before anything was written.
+    assert k8s.writes() == []
+    monkeypatch.setenv(
+        "AIRFLOW__MLPIPE__KUBERNETES_LOAD_BALANCER_SOURCE_RANGES", "203.0.113.0/24, 198.51.100.7/32"
+    )
+    monkeypatch.setenv("AIRFLOW__MLPIPE__KUBERNETES_EXPOSE_GRPC", "true")
+    get_runtime("kubernetes").deploy_serving(
+        _serving_spec(store_uri, "production"), name=PROD, version=1, run_key="r"
+    )
+    service = k8s.get("services", PROD)
+    assert service is not None
+    assert service["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "internet"
+    assert service["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24", "198.51.100.7/32"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [manifests.REST_PORT, manifests.GRPC_PORT]
+
+
+def test_an_annotation_cannot_make_the_load_balancer_public_behind_the_setting(
+    k8s: EmulatedCluster, store_uri: str
+) -> None:
+    spec = _serving_spec(
+        store_uri, "production", service_annotations={manifests.A_LB_ADDRESS_TYPE: "internet"}
+    )
+    with pytest.raises(ConfigError, match="kubernetes_load_balancer_address_type"):
+        get_runtime("kubernetes").deploy_serving(spec, name=PROD, version=1, run_key="r")
+    assert k8s.writes() == []
