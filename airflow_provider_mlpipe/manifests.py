@@ -22,6 +22,9 @@ TRAINER_MODULE = "airflow_provider_mlpipe.images.training.train"
 FETCH_MODULE = "airflow_provider_mlpipe.images.serving.fetch"
 REST_PORT = 8501
 GRPC_PORT = 8500
+# The trainer's exit code for bad input (training_image/train.py EXIT_USAGE, argparse's too): a retry on
+# another pod cannot fix it, so the Job's podFailurePolicy fails the Job at once.
+TRAINER_USAGE_EXIT_CODE = 2
 RUN_AS = 10001  # the uid/gid the training and fetch images create (Dockerfiles)
 MODELS_DIR = "/models"
 SCRATCH_DIR = "/scratch"
@@ -289,6 +292,23 @@ def train_job(
             "ttlSecondsAfterFinished": ttl_seconds_after_finished,
             "completions": 1,
             "parallelism": 1,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "trainer",
+                            "operator": "In",
+                            "values": [TRAINER_USAGE_EXIT_CODE],
+                        },
+                    },
+                    # A pod evicted, preempted or deleted by a node drain is not the trainer's failure: it
+                    # does not count against backoffLimit.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
+            # The replacement starts only once the old pod is gone: never two trainers writing one version.
+            "podReplacementPolicy": "Failed",
             "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
         },
     }

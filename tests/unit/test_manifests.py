@@ -436,3 +436,24 @@ def test_load_balancer_is_intranet_unless_internet_is_set_with_source_ranges() -
     public = service("LoadBalancer", address_type="internet", source_ranges=["203.0.113.0/24"])
     assert public["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
     assert public["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "internet"
+
+
+def test_job_failure_policy() -> None:
+    """A usage error (bad hyperparameters, a dataset that misses a file) fails the Job on its first pod;
+    a disruption (eviction, preemption, drain) does not count against backoffLimit; a replacement pod
+    starts only when the failed one is gone."""
+    from training_image.train import EXIT_USAGE
+
+    spec = job()["spec"]
+    assert spec["podReplacementPolicy"] == "Failed"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_USAGE]},
+    }
+    assert rules[1] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["name"] == "trainer" and spec["template"]["spec"]["restartPolicy"] == "Never"
