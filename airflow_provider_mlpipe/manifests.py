@@ -10,8 +10,10 @@ bucket lives (`OSS_REGION`, `OSS_ENDPOINT`) is not secret: it comes from the sto
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import re
 from typing import Any
 
@@ -25,6 +27,7 @@ GRPC_PORT = 8500
 # The trainer's exit code for bad input (training_image/train.py EXIT_USAGE, argparse's too): a retry on
 # another pod cannot fix it, so the Job's podFailurePolicy fails the Job at once.
 TRAINER_USAGE_EXIT_CODE = 2
+STARTUP_PROBE_PERIOD = 5
 RUN_AS = 10001  # the uid/gid the training and fetch images create (Dockerfiles)
 MODELS_DIR = "/models"
 SCRATCH_DIR = "/scratch"
@@ -43,6 +46,7 @@ A_IMAGE = "mlpipe.io/image"
 A_VERSION = "mlpipe.io/model-version"
 A_PREVIOUS_VERSION = "mlpipe.io/previous-version"
 A_PREVIOUS_TEMPLATE = "mlpipe.io/previous-template"
+A_PREVIOUS_REPLICAS = "mlpipe.io/previous-replicas"
 # Alibaba Cloud (ACK) load balancer address type; ACK's own default is `internet`.
 A_LB_ADDRESS_TYPE = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type"
 LB_ADDRESS_TYPES = ("intranet", "internet")
@@ -332,8 +336,13 @@ def serving_pod_template(
     memory: str = "1Gi",
     service_account: str = "",
     oss_location: dict[str, str] | None = None,
+    startup_timeout_seconds: int = 600,
 ) -> dict[str, Any]:
-    """Pod template: fetch `version` from the store into an emptyDir, then TF Serving reads it."""
+    """Pod template: fetch `version` from the store into an emptyDir, then TF Serving reads it.
+
+    TF Serving opens its ports only once the model is loaded, which takes minutes for a large one: the
+    startupProbe allows `startup_timeout_seconds` for that, and liveness starts only after it succeeds.
+    """
     base_path = f"{MODELS_DIR}/{model_name}"
     mounts = [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
     return {
@@ -393,9 +402,13 @@ def serving_pod_template(
                         "timeoutSeconds": 3,
                         "failureThreshold": 3,
                     },
+                    "startupProbe": {
+                        "tcpSocket": {"port": "http"},
+                        "periodSeconds": STARTUP_PROBE_PERIOD,
+                        "failureThreshold": max(1, math.ceil(startup_timeout_seconds / STARTUP_PROBE_PERIOD)),
+                    },
                     "livenessProbe": {
                         "tcpSocket": {"port": "http"},
-                        "initialDelaySeconds": 15,
                         "periodSeconds": 20,
                         "failureThreshold": 3,
                     },
@@ -430,6 +443,23 @@ def serving_deployment(
 ) -> dict[str, Any]:
     meta_labels = labels("serving", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
     meta_labels[L_ENDPOINT] = name
+    if replicas >= 2:
+        # Replicas spread over nodes when the cluster can (preferred, not required: a small cluster still
+        # schedules them all), so one node going down does not take the endpoint with it.
+        template = copy.deepcopy(template)
+        template["spec"]["affinity"] = {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchLabels": serving_selector(name)},
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -514,6 +544,56 @@ def serving_service(
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
 
+def serving_pdb(*, name: str, namespace: str, model_name: str, run_key: str, dag_id: str) -> dict[str, Any]:
+    """policy/v1 PodDisruptionBudget of an endpoint with replicas >= 2: a node drain evicts one replica at a
+    time (maxUnavailable, so it stays right whatever the replica count)."""
+    meta_labels = labels("serving", model_name=model_name, version=None, dag_id=dag_id, run_key=run_key)
+    meta_labels[L_ENDPOINT] = name
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": serving_selector(name)}},
+    }
+
+
+def _ports(service: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (p.get("name"), p.get("port"), p.get("targetPort"), p.get("protocol", "TCP"))
+        for p in (service.get("spec") or {}).get("ports") or []
+    )
+
+
+def service_patch(existing: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge patch bringing an existing Service to `wanted` (type, selector, ports, source ranges and the
+    annotations `wanted` sets; others are left alone); None when it already is. A Service left by another
+    run or by hand must not keep a public load balancer or a port the settings no longer expose."""
+    have_spec, want_spec = existing.get("spec") or {}, wanted["spec"]
+    have_annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    want_annotations = (wanted["metadata"].get("annotations")) or {}
+    same = (
+        have_spec.get("type") == want_spec["type"]
+        and have_spec.get("selector") == want_spec["selector"]
+        and _ports(existing) == _ports(wanted)
+        and sorted(have_spec.get("loadBalancerSourceRanges") or [])
+        == sorted(want_spec.get("loadBalancerSourceRanges") or [])
+        and all(have_annotations.get(k) == v for k, v in want_annotations.items())
+    )
+    if same:
+        return None
+    spec: dict[str, Any] = {
+        "type": want_spec["type"],
+        "selector": want_spec["selector"],
+        # A merge patch replaces the list: no port of the old spec survives.
+        "ports": want_spec["ports"],
+        "loadBalancerSourceRanges": want_spec.get("loadBalancerSourceRanges"),
+    }
+    patch: dict[str, Any] = {"spec": spec}
+    if want_annotations:
+        patch["metadata"] = {"annotations": dict(want_annotations)}
+    return patch
+
+
 def rollout_patch(deployment: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     """JSON patch moving `deployment` to `new`'s template, remembering the current one for a rollback.
 
@@ -525,6 +605,7 @@ def rollout_patch(deployment: dict[str, Any], new: dict[str, Any]) -> list[dict[
     annotations.update(new["metadata"].get("annotations") or {})
     annotations[A_PREVIOUS_VERSION] = str((meta.get("annotations") or {}).get(A_VERSION, ""))
     annotations[A_PREVIOUS_TEMPLATE] = json.dumps(deployment["spec"]["template"], sort_keys=True)
+    annotations[A_PREVIOUS_REPLICAS] = str(deployment["spec"].get("replicas", 1))
     return [
         {"op": "replace", "path": "/spec/template", "value": new["spec"]["template"]},
         {"op": "replace", "path": "/spec/replicas", "value": new["spec"]["replicas"]},
@@ -540,6 +621,7 @@ def rollback_patch(deployment: dict[str, Any]) -> list[dict[str, Any]] | None:
     annotations = dict(meta.get("annotations") or {})
     raw = annotations.pop(A_PREVIOUS_TEMPLATE, None)
     previous_version = annotations.pop(A_PREVIOUS_VERSION, "")
+    previous_replicas = annotations.pop(A_PREVIOUS_REPLICAS, "")
     if not raw:
         return None
     annotations[A_VERSION] = previous_version
@@ -549,8 +631,11 @@ def rollback_patch(deployment: dict[str, Any]) -> list[dict[str, Any]] | None:
     else:
         # The version before is unknown: no label rather than the failed version's.
         meta_labels.pop(L_VERSION, None)
+    patch: list[dict[str, Any]] = [{"op": "replace", "path": "/spec/template", "value": json.loads(raw)}]
+    if previous_replicas.isdigit():
+        patch.append({"op": "replace", "path": "/spec/replicas", "value": int(previous_replicas)})
     return [
-        {"op": "replace", "path": "/spec/template", "value": json.loads(raw)},
+        *patch,
         {"op": "add", "path": "/metadata/labels", "value": meta_labels},
         {"op": "add", "path": "/metadata/annotations", "value": annotations},
     ]

@@ -59,6 +59,7 @@ RESOURCES = {
     "deployments": "apps/v1/deployments",
     "services": "v1/services",
     "pods": "v1/pods",
+    "poddisruptionbudgets": "policy/v1/poddisruptionbudgets",
 }
 
 

@@ -152,6 +152,22 @@ class KubernetesResourceHook(BaseHook):
             return None
         return common.parse_json(data)
 
+    def get_live(self, kind: str, name: str) -> dict[str, Any] | None:
+        """`get`, except that an object being deleted (a deletionTimestamp) is waited out and reported as
+        absent: adopting or patching it would hand the caller something the garbage collector removes."""
+        obj = self.get(kind, name)
+        if obj is not None and common.being_deleted(obj):
+            self.log.info(
+                "%s %s/%s is being deleted (since %s): waiting until it is gone",
+                kind,
+                self.namespace,
+                name,
+                obj["metadata"]["deletionTimestamp"],
+            )
+            self.wait_deleted(kind, name)
+            return None
+        return obj
+
     def create_or_adopt(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create `body`, or return the object of that name that already exists. Returns (object, created).
 
@@ -162,7 +178,7 @@ class KubernetesResourceHook(BaseHook):
         from kubernetes.client.exceptions import ApiException
 
         kind, name = body["kind"], body["metadata"]["name"]
-        existing = self.get(kind, name)
+        existing = self.get_live(kind, name)
         if existing is not None:
             self.log.info("Adopting existing %s %s/%s", kind, self.namespace, name)
             return existing, False
@@ -179,6 +195,10 @@ class KubernetesResourceHook(BaseHook):
             )
         except ApiException:
             adopted = self.get(kind, name)
+            if common.being_deleted(adopted):
+                # Deleted between the GET and the create: wait for it to go, then create ours.
+                self.wait_deleted(kind, name)
+                return self.create_or_adopt(body)
             if adopted is None:
                 raise KubernetesRuntimeError(
                     f"{kind} {self.namespace}/{name} conflicted on create (409) but cannot be read"

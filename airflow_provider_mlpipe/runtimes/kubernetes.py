@@ -176,7 +176,7 @@ class KubernetesRuntime(Runtime):
         name = manifests.train_job_name(spec.model_name, version, run_key)
         # Built (and so validated: digest pinning, GPUs) before anything is written to the cluster.
         body = self.job_manifest(spec, version=version, run_key=run_key, name=name)
-        existing = hook.get("Job", name)
+        existing = hook.get_live("Job", name)
         if existing is not None and job_state(existing)[0] == JOB_FAILED:
             # A retry after the Job failed: start over with a fresh Job of the same name.
             log.info("Job %s/%s failed in an earlier attempt: replacing it", hook.namespace, name)
@@ -224,7 +224,8 @@ class KubernetesRuntime(Runtime):
     def deploy_serving(self, spec: ServingSpec, *, name: str, version: int, run_key: str) -> ServingStarted:
         hook = self.kube_hook
         name = manifests.serving_name(name)
-        deployment = hook.get("Deployment", name)
+        # A Deployment being deleted (a teardown in progress) is waited out, never patched.
+        deployment = hook.get_live("Deployment", name)
         annotations = _annotations(deployment)
         serving = _int_or_none(annotations.get(manifests.A_VERSION))
         template = manifests.serving_pod_template(
@@ -239,6 +240,7 @@ class KubernetesRuntime(Runtime):
             memory=str(spec.memory),
             service_account=config.kubernetes_service_account(),
             oss_location=pod_oss_location((spec.store.uri,), lambda: _store_location(spec.store)),
+            startup_timeout_seconds=int(spec.ready_timeout.total_seconds()),
         )
         desired = manifests.serving_deployment(
             name=name,
@@ -252,6 +254,7 @@ class KubernetesRuntime(Runtime):
             replicas=check_replicas(spec.replicas),
             progress_deadline_seconds=int(spec.ready_timeout.total_seconds()),
         )
+        replicas = check_replicas(spec.replicas)
         # Built (and so checked: load balancer settings) before anything is written to the cluster.
         wanted_service = manifests.serving_service(
             name=name,
@@ -276,7 +279,23 @@ class KubernetesRuntime(Runtime):
             log.info("%s/%s runs v%s: rolling out v%s", hook.namespace, name, serving, version)
             deployment = hook.patch("Deployment", name, manifests.rollout_patch(deployment, desired))
             previous = serving
-        service, _ = hook.create_or_adopt(wanted_service)
+        if replicas >= 2:
+            hook.create_or_adopt(
+                manifests.serving_pdb(
+                    name=name,
+                    namespace=hook.namespace,
+                    model_name=spec.model_name,
+                    run_key=run_key,
+                    dag_id=spec.dag_id,
+                )
+            )
+        service, created = hook.create_or_adopt(wanted_service)
+        drift = None if created else manifests.service_patch(service, wanted_service)
+        if drift is not None:
+            log.info(
+                "Service %s/%s differs from the settings: patching it to %s", hook.namespace, name, drift
+            )
+            service = hook.patch("Service", name, drift)
         wait_for_address = (service.get("spec") or {}).get("type") == "LoadBalancer"
         timeout = spec.ready_timeout * (2 if wait_for_address else 1) + SERVING_TRIGGER_GRACE
         trigger = KubernetesServingTrigger(
@@ -336,6 +355,10 @@ class KubernetesRuntime(Runtime):
     def teardown_serving(self, name: str) -> Teardown:
         name = manifests.serving_name(name)
         deleted = [kind for kind in ("Deployment", "Service") if self.kube_hook.delete(kind, name)]
+        # Only endpoints with replicas >= 2 have one: read first, so that the others cost no failed delete.
+        pdb = self.kube_hook.get("PodDisruptionBudget", name)
+        if pdb is not None and self.kube_hook.delete("PodDisruptionBudget", name):
+            deleted.append("PodDisruptionBudget")
         log.info("Deleted %s of %s/%s", deleted or "nothing", self.kube_hook.namespace, name)
         return Teardown(name, "deleted" if deleted else "absent")
 

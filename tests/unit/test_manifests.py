@@ -45,7 +45,9 @@ def job(**overrides: Any) -> dict[str, Any]:
     return manifests.train_job(**kwargs)
 
 
-def deployment(version: int = 3, name: str = "serve-fashion-mnist-production") -> dict[str, Any]:
+def deployment(
+    version: int = 3, name: str = "serve-fashion-mnist-production", replicas: int = 2
+) -> dict[str, Any]:
     template = manifests.serving_pod_template(
         name=name,
         model_name="fashion_mnist",
@@ -64,7 +66,7 @@ def deployment(version: int = 3, name: str = "serve-fashion-mnist-production") -
         run_key=RUN,
         dag_id="mlpipe_fashion_mnist",
         template=template,
-        replicas=2,
+        replicas=replicas,
     )
 
 
@@ -112,6 +114,14 @@ ALL: dict[str, Any] = {
     "deployment": deployment,
     "deployment-rolled-out": rolled_out,
     "deployment-rolled-back": rolled_back,
+    "deployment-one-replica": lambda: deployment(replicas=1),
+    "pdb": lambda: manifests.serving_pdb(
+        name="serve-fashion-mnist-production",
+        namespace="mlpipe",
+        model_name="fashion_mnist",
+        run_key=RUN,
+        dag_id="mlpipe_fashion_mnist",
+    ),
     "service-clusterip": lambda: service("ClusterIP"),
     "service-loadbalancer": lambda: service("LoadBalancer"),
     "service-loadbalancer-internet": lambda: service(
@@ -188,6 +198,15 @@ API_CALLS: dict[tuple[str, str, str], list[str]] = {
         "KubernetesServingTrigger.run: AsyncKubernetesResourceHook.get('Service') (LoadBalancer address)",
     ],
     ("", "services", "create"): ["KubernetesResourceHook.create_or_adopt"],
+    ("", "services", "patch"): [
+        "KubernetesRuntime.deploy_serving: hook.patch('Service', service_patch) (an existing Service differs)"
+    ],
+    ("policy", "poddisruptionbudgets", "get"): [
+        "KubernetesResourceHook.create_or_adopt (replicas >= 2)",
+        "KubernetesRuntime.teardown_serving: hook.get('PodDisruptionBudget') (is there one to delete?)",
+    ],
+    ("policy", "poddisruptionbudgets", "create"): ["KubernetesResourceHook.create_or_adopt (replicas >= 2)"],
+    ("policy", "poddisruptionbudgets", "delete"): ["KubernetesRuntime.teardown_serving"],
     ("", "services", "delete"): [
         "KubernetesRuntime.teardown_serving (ServingTeardownOperator)",
         "KubernetesRuntime.teardown_serving (ServingDeployOperator: teardown_if_unresolved)",
@@ -457,3 +476,74 @@ def test_job_failure_policy() -> None:
     }
     (container,) = spec["template"]["spec"]["containers"]
     assert container["name"] == "trainer" and spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_serving_startup_probe_covers_model_loading() -> None:
+    """Liveness starts only after the startupProbe succeeds; that one allows the ready timeout for TF
+    Serving to load the model and open its port."""
+    template = manifests.serving_pod_template(
+        name="serve-x",
+        model_name="fashion_mnist",
+        version=1,
+        model_store="oss://models-bucket/mlpipe",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/mlpipe/fetch@" + DIGEST,
+        oss_secret="mlpipe-oss",
+        startup_timeout_seconds=900,
+    )
+    (server,) = template["spec"]["containers"]
+    startup = server["startupProbe"]
+    assert startup["tcpSocket"] == {"port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 900
+    assert "initialDelaySeconds" not in server["livenessProbe"]
+
+
+def test_two_replicas_spread_over_nodes_and_one_does_not() -> None:
+    affinity = deployment(replicas=2)["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = deployment()["spec"]["selector"]["matchLabels"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    assert "affinity" not in deployment(replicas=1)["spec"]["template"]["spec"]
+    pdb = ALL["pdb"]()
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+
+
+def test_rollback_restores_the_replicas_too() -> None:
+    before = deployment(3, replicas=2)
+    after = jsonpatch.apply_patch(before, manifests.rollout_patch(before, deployment(4, replicas=5)))
+    assert after["spec"]["replicas"] == 5
+    patch = manifests.rollback_patch(after)
+    assert patch is not None
+    back = jsonpatch.apply_patch(after, patch)
+    assert back["spec"]["replicas"] == 2 and back["spec"]["template"] == before["spec"]["template"]
+    assert manifests.A_PREVIOUS_REPLICAS not in back["metadata"]["annotations"]
+    for version in VERSIONS:
+        kubernetes_validate.validate(back, version, strict=True)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def test_service_patch_brings_an_existing_service_to_the_wanted_spec() -> None:
+    wanted = service("LoadBalancer")
+    assert manifests.service_patch(copy.deepcopy(wanted), wanted) is None
+    # Left public, with the gRPC port, by another run or by hand.
+    existing = service("LoadBalancer", address_type="internet", source_ranges=["0.0.0.0/0"], expose_grpc=True)
+    patch = manifests.service_patch(existing, wanted)
+    assert patch is not None
+    merged = merge_patch(existing, patch)
+    assert manifests.service_patch(merged, wanted) is None
+    assert merged["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "intranet"
+    assert [p["port"] for p in merged["spec"]["ports"]] == [manifests.REST_PORT]
+    assert "loadBalancerSourceRanges" not in merged["spec"]

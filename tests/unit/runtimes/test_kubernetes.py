@@ -278,3 +278,89 @@ def test_an_annotation_cannot_make_the_load_balancer_public_behind_the_setting(
     with pytest.raises(ConfigError, match="kubernetes_load_balancer_address_type"):
         get_runtime("kubernetes").deploy_serving(spec, name=PROD, version=1, run_key="r")
     assert k8s.writes() == []
+
+
+def test_two_replicas_get_a_disruption_budget_that_teardown_deletes(
+    k8s: EmulatedCluster, store_uri: str
+) -> None:
+    runtime = get_runtime("kubernetes")
+    runtime.deploy_serving(
+        _serving_spec(store_uri, "production", replicas=2), name=PROD, version=1, run_key="r"
+    )
+    pdb = k8s.get("poddisruptionbudgets", PROD)
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == manifests.serving_selector(PROD)
+    assert runtime.teardown_serving(PROD).was == "deleted"
+    assert k8s.names("poddisruptionbudgets") == [] and k8s.names("deployments") == []
+    # One replica: no budget (it would block every drain), and teardown sends no delete for one.
+    runtime.deploy_serving(_serving_spec(store_uri, "staging"), name="serve-s", version=1, run_key="r")
+    runtime.teardown_serving("serve-s")
+    assert ("create", "poddisruptionbudgets", "serve-s") not in k8s.writes()
+    assert ("delete(Foreground)", "poddisruptionbudgets", "serve-s") not in k8s.writes()
+
+
+def test_a_deployment_being_deleted_is_not_adopted(
+    k8s: EmulatedCluster, store_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A teardown in progress (deletionTimestamp set, dependents still going) is waited out, then a new
+    Deployment is created; adopting it would wait on something the garbage collector removes. Emulated: the
+    garbage collector finishing the deletion once the hook starts waiting."""
+    from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
+
+    old = manifests.serving_deployment(
+        name=PROD,
+        namespace=NAMESPACE,
+        endpoint="production",
+        model_name="fashion_mnist",
+        version=1,
+        run_key="old",
+        dag_id="dag",
+        template={"metadata": {"labels": manifests.serving_selector(PROD)}, "spec": {"containers": []}},
+    )
+    old["metadata"].update(deletionTimestamp="2026-01-01T00:00:00Z", generation=1)
+    old["metadata"]["annotations"][manifests.A_VERSION] = "1"
+    k8s.add("deployments", old)
+    waited: list[str] = []
+    real_wait = KubernetesResourceHook.wait_deleted
+
+    def gc_then_wait(self: KubernetesResourceHook, kind: str, name: str, **kwargs: Any) -> None:
+        waited.append(f"{kind}/{name}")
+        k8s.delete("deployments", name)
+        real_wait(self, kind, name, **kwargs)
+
+    monkeypatch.setattr(KubernetesResourceHook, "wait_deleted", gc_then_wait)
+    started = get_runtime("kubernetes").deploy_serving(
+        _serving_spec(store_uri, "production"), name=PROD, version=1, run_key="r"
+    )
+    assert waited == [f"Deployment/{PROD}"]
+    assert started.previous is None
+    new = k8s.get("deployments", PROD)
+    assert new is not None and "deletionTimestamp" not in new["metadata"]
+    assert new["metadata"]["annotations"][manifests.A_RUN_ID] == "r"
+    assert ("create", "deployments", PROD) in k8s.writes()
+
+
+def test_an_existing_service_is_brought_to_the_settings(k8s: EmulatedCluster, store_uri: str) -> None:
+    """A Service left public with both ports (by hand, or by an older version) is patched to the wanted
+    intranet, REST-only spec instead of being adopted as it is."""
+    left = manifests.serving_service(
+        name=PROD,
+        namespace=NAMESPACE,
+        service_type="LoadBalancer",
+        model_name="fashion_mnist",
+        run_key="old",
+        dag_id="dag",
+        address_type="internet",
+        source_ranges=["0.0.0.0/0"],
+        expose_grpc=True,
+    )
+    k8s.add("services", left)
+    get_runtime("kubernetes").deploy_serving(
+        _serving_spec(store_uri, "production"), name=PROD, version=1, run_key="r"
+    )
+    service = k8s.get("services", PROD)
+    assert service is not None
+    assert service["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "intranet"
+    assert [p["port"] for p in service["spec"]["ports"]] == [manifests.REST_PORT]
+    assert "loadBalancerSourceRanges" not in service["spec"]
+    assert ("update", "services", PROD) in k8s.writes()  # kmock names a PATCH "update"
