@@ -10,7 +10,15 @@ What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested again
   pods and pod logs themselves through `EmulatedCluster`;
 - server-side metadata (uid, resourceVersion, creationTimestamp, generation bumped on spec changes) is
   added by the shim, not by an apiserver;
-- label selectors: equality terms only; pod logs: served from `set_log` (each line stamped with the time
+- answered as a real apiserver answers them (each has its own test in tests/unit/test_kubernetes_emulator.py):
+  409 Conflict on a write whose `metadata.resourceVersion` (a merge patch's, or a JSON patch's
+  test/replace/add of `/metadata/resourceVersion`) is not the object's current one; 422 Invalid on a
+  change to an immutable field (a Deployment's `spec.selector`, a Job's `spec.selector`, `spec.template`
+  and `spec.completions`) and on a JSON patch whose `test` fails; `status` written only through the
+  `/status` subresource (a client's create drops it, a patch of the object itself leaves it as it was);
+  the full label selector grammar (`k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`)
+  and 400 BadRequest on a malformed selector;
+- pod logs: served from `set_log` (each line stamped with the time
   `set_log` first saw it), with `timestamps`, `sinceSeconds` and `tailLines` honoured as the kubelet does;
 - no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
 - `watch=True` as the Python clients send it (`True`, not `true`) is normalised, though the runtime polls.
@@ -47,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.web
+import jsonpatch
 import kmock
 import requests
 
@@ -68,6 +77,92 @@ SCHEMA_VERSIONS = ("1.30.0", "1.35.0")
 # Set by the API server, not by the client: stripped before validating what a client sent.
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 RBAC_MANIFEST = Path(__file__).resolve().parents[1] / "deploy" / "rbac.yaml"
+
+# Fields a real apiserver refuses to change (422 "field is immutable"), per resource.
+IMMUTABLE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "deployments": (("spec", "selector"),),
+    "jobs": (("spec", "selector"), ("spec", "template"), ("spec", "completions")),
+}
+# Resources whose status is a subresource: a write to the object itself never changes it.
+STATUS_SUBRESOURCE = frozenset({"deployments", "jobs", "services", "pods", "poddisruptionbudgets"})
+
+# Label selector grammar (k8s.io/apimachinery/pkg/labels): qualified keys, label values.
+_DNS_SUBDOMAIN = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+_LABEL_KEY = rf"(?:{_DNS_SUBDOMAIN}/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?"
+_LABEL_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+_SELECTOR_TERM = re.compile(
+    rf"^\s*(?:(?P<neg>!)\s*(?P<nkey>{_LABEL_KEY})"
+    rf"|(?P<key>{_LABEL_KEY})\s*(?:(?P<op>==|!=|=)\s*(?P<value>{_LABEL_VALUE})"
+    rf"|\s+(?P<setop>in|notin)\s*\((?P<values>[^()]*)\))?)\s*$"
+)
+
+
+class SelectorError(ValueError):
+    pass
+
+
+def parse_selector(selector: str) -> list[tuple[str, str, frozenset[str]]]:
+    """A label selector as (key, operator, values) terms; operator one of =, !=, in, notin, exists, !.
+    Raises SelectorError on anything the apiserver's parser refuses."""
+    terms: list[tuple[str, str, frozenset[str]]] = []
+    if not selector.strip():
+        return terms
+    # Commas separate terms, except inside the parentheses of a set.
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise SelectorError(f"unbalanced ')' in {selector!r}")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise SelectorError(f"unbalanced '(' in {selector!r}")
+    parts.append(current)
+    for part in parts:
+        match = _SELECTOR_TERM.match(part)
+        if match is None:
+            raise SelectorError(f"unable to parse requirement {part!r}")
+        if match["neg"]:
+            terms.append((match["nkey"], "!", frozenset()))
+        elif match["op"]:
+            terms.append((match["key"], "!=" if match["op"] == "!=" else "=", frozenset({match["value"]})))
+        elif match["setop"]:
+            values = [v.strip() for v in match["values"].split(",")]
+            if not all(re.fullmatch(_LABEL_VALUE, v) for v in values):
+                raise SelectorError(f"invalid value in {part!r}")
+            terms.append((match["key"], match["setop"], frozenset(values)))
+        else:
+            terms.append((match["key"], "exists", frozenset()))
+    return terms
+
+
+def selector_matches(terms: list[tuple[str, str, frozenset[str]]], labels: dict[str, str]) -> bool:
+    for key, op, values in terms:
+        present, value = key in labels, labels.get(key)
+        ok = {
+            "=": present and value in values,
+            "!=": not present or value not in values,
+            "in": present and value in values,
+            "notin": not present or value not in values,
+            "exists": present,
+            "!": not present,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _dig(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
 
 # Status reasons of the API server, for the Status bodies of injected errors.
 _REASONS = {
@@ -195,7 +290,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if verb == "delete" and isinstance(request.data, dict) and request.data.get("propagationPolicy"):
                 verb = f"delete({request.data['propagationPolicy']})"
             self.calls.append((verb, str(request.resource.plural), name))
+            if request.action == kmock.action.UPDATE and request.name:
+                await self._check_update(request)
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                if str(request.resource.plural) in STATUS_SUBRESOURCE:
+                    # The apiserver resets the status of a created object: only controllers set it.
+                    request.data.pop("status", None)
                 self.received.append(("create", json.loads(json.dumps(request.data))))
                 meta = request.data.setdefault("metadata", {})
                 meta.setdefault("namespace", request.namespace)
@@ -207,11 +307,69 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 )
         return await super()._handle(request)
 
+    async def _check_update(self, request: Any) -> None:
+        """Refuse a patch as the apiserver would: a stale resourceVersion (409), a change to an immutable
+        field or a failed JSON patch test (422)."""
+        plural = str(request.resource.plural)
+        async with self._lock:
+            key = (request.resource, request.namespace, request.name)
+            if key not in self._objects or self._objects[key].deleted:
+                return  # kmock answers 404
+            obj = self._objects[key]
+            current = json.loads(json.dumps(obj.raw))
+        data = request.data
+        wanted_rv: str | None = None
+        if isinstance(data, dict):
+            wanted_rv = (data.get("metadata") or {}).get("resourceVersion")
+            patched = _merge(current, data)
+        else:
+            for op in data or []:
+                if op.get("path") == "/metadata/resourceVersion" and op.get("op") in (
+                    "test",
+                    "replace",
+                    "add",
+                ):
+                    wanted_rv = op.get("value")
+            try:
+                patched = jsonpatch.apply_patch(
+                    current, [op for op in data if op.get("path") != "/metadata/resourceVersion"]
+                )
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                raise kmock.KubernetesError(
+                    status=422, reason="Invalid", message=f"the JSON patch failed: {err}"
+                ) from None
+        kind = plural.rstrip("s")
+        if wanted_rv is not None and str(wanted_rv) != str(current["metadata"].get("resourceVersion")):
+            raise kmock.KubernetesError(
+                status=409,
+                reason="Conflict",
+                message=f'Operation cannot be fulfilled on {plural} "{request.name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+            )
+        if request.subresource is None:
+            for path in IMMUTABLE_FIELDS.get(plural, ()):
+                if _dig(patched, path) != _dig(current, path):
+                    raise kmock.KubernetesError(
+                        status=422,
+                        reason="Invalid",
+                        message=f'{kind} "{request.name}" is invalid: {".".join(path)}: Invalid value: '
+                        f"{json.dumps(_dig(patched, path))}: field is immutable",
+                    )
+
     async def _serve_update(self, request: Any) -> Any:
         async with self._lock:
             obj = self._objects[request.resource, request.namespace, request.name]
             history = [v for v in obj.history if v is not None]
             before = history[-2].raw if len(history) > 1 else {}
+            if (
+                request.subresource is None
+                and str(request.resource.plural) in STATUS_SUBRESOURCE
+                and before.get("status") != obj.last.raw.get("status")
+            ):
+                # A write to the object itself never changes its status (only /status does).
+                obj.patch({"status": None})
+                if before.get("status") is not None:
+                    obj.patch({"status": json.loads(json.dumps(before["status"]))})
             meta = dict(obj.last.raw.get("metadata") or {})
             changes: dict[str, Any] = {"resourceVersion": str(next(self._rv))}
             if request.subresource != "status" and before.get("spec") != obj.last.raw.get("spec"):
@@ -223,13 +381,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return result
 
     async def _serve_list(self, request: Any) -> Any:
-        body = await super()._serve_list(request)
         selector = request.params.get("labelSelector") or ""
-        terms = [term.split("=", 1) for term in selector.split(",") if "=" in term]
+        try:
+            terms = parse_selector(str(selector))
+        except SelectorError as err:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message=f"unable to parse requirement: {err}"
+            ) from None
+        body = await super()._serve_list(request)
         body["items"] = [
             item
             for item in body["items"]
-            if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in terms)
+            if selector_matches(terms, (item.get("metadata") or {}).get("labels") or {})
         ]
         return body
 
@@ -253,6 +416,19 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 f"{_rfc3339nano(when)} {line}\n" if stamped else f"{line}\n" for when, line in shown
             ).encode()
         return await super()._serve_fetch(request)
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what `application/merge-patch+json` does)."""
+    if not isinstance(patch, dict):
+        return json.loads(json.dumps(patch))
+    result = json.loads(json.dumps(target)) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
 
 
 def _rfc3339nano(when: datetime.datetime) -> str:

@@ -1,0 +1,167 @@
+"""The Kubernetes API emulator (tests/kubernetes_emulator.py) refuses what a real apiserver refuses, so that
+the runtime's tests cannot pass on a request a cluster would answer with an error. Each strictness is
+driven over HTTP here, as a client sends it; the expected answers are those of the apiserver
+(k8s.io/apiserver: 409 Conflict on a stale resourceVersion, 422 Invalid on an immutable field, 400
+BadRequest on an unparsable label selector, status only through /status)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_mlpipe import manifests
+from tests.kubernetes_emulator import NAMESPACE, EmulatedCluster
+
+DEPLOY = "serve-x"
+JOB = "train-x"
+
+
+def url(k8s: EmulatedCluster, kind: str, name: str = "", sub: str = "") -> str:
+    base = {
+        "deployments": f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments",
+        "jobs": f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs",
+        "pods": f"/api/v1/namespaces/{NAMESPACE}/pods",
+    }[kind]
+    return k8s.url + base + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+
+def patch(k8s: EmulatedCluster, kind: str, name: str, body: Any, sub: str = "") -> requests.Response:
+    content_type = "application/json-patch+json" if isinstance(body, list) else "application/merge-patch+json"
+    return requests.patch(
+        url(k8s, kind, name, sub), json=body, headers={"Content-Type": content_type}, timeout=10
+    )
+
+
+def create_deployment(k8s: EmulatedCluster) -> dict[str, Any]:
+    template = {
+        "metadata": {"labels": manifests.serving_selector(DEPLOY)},
+        "spec": {"containers": [{"name": "c", "image": "tensorflow/serving:2.19.0"}]},
+    }
+    body = manifests.serving_deployment(
+        name=DEPLOY,
+        namespace=NAMESPACE,
+        endpoint="staging",
+        model_name="m",
+        version=1,
+        run_key="r",
+        dag_id="d",
+        template=template,
+    )
+    resp = requests.post(url(k8s, "deployments"), json=body, timeout=10)
+    assert resp.status_code in (200, 201), resp.text
+    return dict(resp.json())
+
+
+def test_a_stale_resource_version_gets_409(k8s: EmulatedCluster) -> None:
+    created = create_deployment(k8s)
+    stale = created["metadata"]["resourceVersion"]
+    assert patch(k8s, "deployments", DEPLOY, {"spec": {"replicas": 2}}).status_code == 200
+    # Guarded by the version read before that change: refused, and nothing changed.
+    resp = patch(
+        k8s, "deployments", DEPLOY, {"metadata": {"resourceVersion": stale}, "spec": {"replicas": 3}}
+    )
+    assert resp.status_code == 409 and resp.json()["reason"] == "Conflict"
+    guard = [{"op": "test", "path": "/metadata/resourceVersion", "value": stale}]
+    resp = patch(
+        k8s, "deployments", DEPLOY, [*guard, {"op": "replace", "path": "/spec/replicas", "value": 3}]
+    )
+    assert resp.status_code == 409
+    current = k8s.get("deployments", DEPLOY)
+    assert current is not None and current["spec"]["replicas"] == 2
+    # The current version passes.
+    fresh = current["metadata"]["resourceVersion"]
+    guard = [{"op": "test", "path": "/metadata/resourceVersion", "value": fresh}]
+    resp = patch(
+        k8s, "deployments", DEPLOY, [*guard, {"op": "replace", "path": "/spec/replicas", "value": 3}]
+    )
+    assert resp.status_code == 200 and resp.json()["spec"]["replicas"] == 3
+
+
+def test_a_change_to_an_immutable_field_gets_422(k8s: EmulatedCluster) -> None:
+    create_deployment(k8s)
+    resp = patch(k8s, "deployments", DEPLOY, {"spec": {"selector": {"matchLabels": {"app": "other"}}}})
+    assert resp.status_code == 422 and "spec.selector" in resp.json()["message"]
+    assert "immutable" in resp.json()["message"]
+    # The template of a Deployment may change (that is a rollout).
+    resp = patch(
+        k8s, "deployments", DEPLOY, {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}}
+    )
+    assert resp.status_code == 200
+
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": JOB},
+        "spec": {
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "t", "image": "x"}]}}
+        },
+    }
+    assert requests.post(url(k8s, "jobs"), json=job, timeout=10).status_code in (200, 201)
+    resp = patch(
+        k8s, "jobs", JOB, [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "y"}]
+    )
+    assert resp.status_code == 422 and "spec.template" in resp.json()["message"]
+    # A Job's labels are mutable.
+    assert patch(k8s, "jobs", JOB, {"metadata": {"labels": {"a": "b"}}}).status_code == 200
+
+
+def test_the_full_label_selector_grammar_and_400_on_a_malformed_one(k8s: EmulatedCluster) -> None:
+    for name, labels in {
+        "p1": {"app": "a", "tier": "web"},
+        "p2": {"app": "b", "tier": "db"},
+        "p3": {"app": "c"},
+    }.items():
+        k8s.add("pods", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}})
+
+    def names(selector: str) -> list[str]:
+        resp = requests.get(url(k8s, "pods"), params={"labelSelector": selector}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return sorted(item["metadata"]["name"] for item in resp.json()["items"])
+
+    assert names("app in (a, b)") == ["p1", "p2"]
+    assert names("app notin (a)") == ["p2", "p3"]
+    assert names("tier") == ["p1", "p2"]
+    assert names("!tier") == ["p3"]
+    assert names("tier!=web") == ["p2", "p3"]
+    assert names("app==a,tier=web") == ["p1"]
+    assert names("") == ["p1", "p2", "p3"]
+    for malformed in ("app in a", "app=a=b", "app in (a", "=a", "app,,tier", "-bad-key=x"):
+        resp = requests.get(url(k8s, "pods"), params={"labelSelector": malformed}, timeout=10)
+        assert resp.status_code == 400, malformed
+        assert resp.json()["reason"] == "BadRequest"
+
+
+def test_status_is_written_only_through_the_status_subresource(k8s: EmulatedCluster) -> None:
+    template = {"metadata": {"labels": manifests.serving_selector(DEPLOY)}, "spec": {"containers": []}}
+    body = manifests.serving_deployment(
+        name=DEPLOY,
+        namespace=NAMESPACE,
+        endpoint="staging",
+        model_name="m",
+        version=1,
+        run_key="r",
+        dag_id="d",
+        template=template,
+    )
+    body["status"] = {"availableReplicas": 5}
+    created = requests.post(url(k8s, "deployments"), json=body, timeout=10).json()
+    assert "availableReplicas" not in (created.get("status") or {})
+    resp = patch(k8s, "deployments", DEPLOY, {"status": {"availableReplicas": 7}, "spec": {"replicas": 2}})
+    assert resp.status_code == 200
+    current = k8s.get("deployments", DEPLOY)
+    assert current is not None and current["spec"]["replicas"] == 2
+    assert "availableReplicas" not in (current.get("status") or {})
+    resp = patch(k8s, "deployments", DEPLOY, {"status": {"availableReplicas": 7}}, sub="status")
+    assert resp.status_code == 200
+    current = k8s.get("deployments", DEPLOY)
+    assert current is not None and current["status"]["availableReplicas"] == 7
+
+
+@pytest.mark.parametrize(
+    "selector", ["job-name=train-x", "app.kubernetes.io/name=mlpipe-serving,mlpipe.io/endpoint=s"]
+)
+def test_the_runtime_s_own_selectors_parse(k8s: EmulatedCluster, selector: str) -> None:
+    resp = requests.get(url(k8s, "pods"), params={"labelSelector": selector}, timeout=10)
+    assert resp.status_code == 200
