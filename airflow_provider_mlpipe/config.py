@@ -135,6 +135,20 @@ def kubernetes_expose_grpc() -> bool:
     return raw in ("true", "1", "yes")
 
 
+def kubernetes_stuck_timeout() -> float | None:
+    """`[mlpipe] kubernetes_stuck_timeout`: seconds a training Job may stay unable to start (unschedulable,
+    image pull failing, no pod created) before the task fails with the reason; 0: wait until its deadline.
+    Default 900: long enough for a cluster autoscaler to add a node."""
+    raw = _get("kubernetes_stuck_timeout", "900").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError("[mlpipe] kubernetes_stuck_timeout", raw, "seconds >= 0 (0: never)") from None
+    if value < 0:
+        raise ConfigError("[mlpipe] kubernetes_stuck_timeout", raw, "seconds >= 0 (0: never)")
+    return value or None
+
+
 def check_runtime(runtime: object) -> str:
     if runtime not in RUNTIMES:
         raise ConfigError("runtime", runtime, f"one of {', '.join(RUNTIMES)}")

@@ -17,7 +17,7 @@ What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested again
   and `spec.completions`) and on a JSON patch whose `test` fails; `status` written only through the
   `/status` subresource (a client's create drops it, a patch of the object itself leaves it as it was);
   the full label selector grammar (`k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`)
-  and 400 BadRequest on a malformed selector;
+  and 400 BadRequest on a malformed selector; field selectors (`a.b=c`, `!=`) on any field, as for Events;
 - pod logs: served from `set_log` (each line stamped with the time
   `set_log` first saw it), with `timestamps`, `sinceSeconds` and `tailLines` honoured as the kubelet does;
 - no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
@@ -69,6 +69,7 @@ RESOURCES = {
     "services": "v1/services",
     "pods": "v1/pods",
     "poddisruptionbudgets": "policy/v1/poddisruptionbudgets",
+    "events": "v1/events",
 }
 
 
@@ -388,11 +389,20 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             raise kmock.KubernetesError(
                 status=400, reason="BadRequest", message=f"unable to parse requirement: {err}"
             ) from None
+        fields = []
+        for term in filter(None, str(request.params.get("fieldSelector") or "").split(",")):
+            match = re.fullmatch(r"\s*([A-Za-z0-9.]+)\s*(==|!=|=)\s*([^,=!]*)\s*", term)
+            if match is None:
+                raise kmock.KubernetesError(
+                    status=400, reason="BadRequest", message=f"invalid field selector: {term!r}"
+                )
+            fields.append((tuple(match[1].split(".")), match[2] == "!=", match[3]))
         body = await super()._serve_list(request)
         body["items"] = [
             item
             for item in body["items"]
             if selector_matches(terms, (item.get("metadata") or {}).get("labels") or {})
+            and all((str(_dig(item, path) or "") == value) != negated for path, negated, value in fields)
         ]
         return body
 

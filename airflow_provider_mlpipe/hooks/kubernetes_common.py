@@ -20,6 +20,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Service": ("CoreV1Api", "namespaced_service"),
     "Pod": ("CoreV1Api", "namespaced_pod"),
     "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
+    "Event": ("CoreV1Api", "namespaced_event"),
 }
 # Seconds to wait for the answer to one API call (the provider's default too): a half-open connection must
 # fail the attempt, not hang the task.

@@ -202,6 +202,7 @@ class KubernetesRuntime(Runtime):
             timeout_at=self.deadline(spec.timeout + TRAINING_TRIGGER_GRACE),
             poll_interval=spec.poll_interval,
             transient_retry=self.retry.as_conf(),
+            stuck_after=config.kubernetes_stuck_timeout(),
         )
         return TrainingStarted(handle, Wait(trigger, spec.timeout + TRAINING_BACKSTOP))
 

@@ -175,6 +175,9 @@ API_CALLS: dict[tuple[str, str, str], list[str]] = {
         "KubernetesJobTrigger._pods: list_pods('job-name=<job>') (newest pod, termination reasons)",
         "KubernetesServingTrigger._problems: list_pods(<serving selector>)",
     ],
+    ("", "events", "list"): [
+        "KubernetesJobTrigger._stuck: AsyncKubernetesResourceHook.list_events('Job') (no pod: why?)",
+    ],
     ("", "pods/log", "get"): [
         "KubernetesJobTrigger._copy_log / _event: AsyncKubernetesResourceHook.pod_log",
     ],
