@@ -12,7 +12,7 @@ What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested again
   added by the shim, not by an apiserver;
 - answered as a real apiserver answers them (each has its own test in tests/unit/test_kubernetes_emulator.py):
   409 Conflict on a write whose `metadata.resourceVersion` (a merge patch's, or a JSON patch's
-  test/replace/add of `/metadata/resourceVersion`) is not the object's current one; 422 Invalid on a
+  replace/add of `/metadata/resourceVersion`) is not the object's current one; 422 Invalid on a
   change to an immutable field (a Deployment's `spec.selector`, a Job's `spec.selector`, `spec.template`
   and `spec.completions`) and on a JSON patch whose `test` fails; `status` written only through the
   `/status` subresource (a client's create drops it, a patch of the object itself leaves it as it was);
@@ -324,17 +324,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             wanted_rv = (data.get("metadata") or {}).get("resourceVersion")
             patched = _merge(current, data)
         else:
+            # A replace/add of the resourceVersion is a precondition (409 when stale); a `test` of it is
+            # an ordinary JSON patch test (422 when it fails), as the apiserver applies them.
             for op in data or []:
-                if op.get("path") == "/metadata/resourceVersion" and op.get("op") in (
-                    "test",
-                    "replace",
-                    "add",
-                ):
+                if op.get("path") == "/metadata/resourceVersion" and op.get("op") in ("replace", "add"):
                     wanted_rv = op.get("value")
+            kept = [
+                op for op in data if op.get("path") != "/metadata/resourceVersion" or op.get("op") == "test"
+            ]
             try:
-                patched = jsonpatch.apply_patch(
-                    current, [op for op in data if op.get("path") != "/metadata/resourceVersion"]
-                )
+                patched = jsonpatch.apply_patch(current, kept)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
                 raise kmock.KubernetesError(
                     status=422, reason="Invalid", message=f"the JSON patch failed: {err}"

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlpipe import config, manifests
-from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.exceptions import ConfigError, KubernetesConflict, ServingError
 from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
 from airflow_provider_mlpipe.hooks.kubernetes_status import FAILED as JOB_FAILED
 from airflow_provider_mlpipe.hooks.kubernetes_status import SUCCEEDED as JOB_SUCCEEDED
@@ -46,6 +46,8 @@ TRAINING_BACKSTOP = timedelta(minutes=15)
 # reason) normally arrives first.
 SERVING_TRIGGER_GRACE = timedelta(minutes=1)
 SERVING_BACKSTOP = timedelta(minutes=2)
+# How often a guarded patch is recomputed from a fresh read after a 409 before giving up.
+CONFLICT_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +227,6 @@ class KubernetesRuntime(Runtime):
     def deploy_serving(self, spec: ServingSpec, *, name: str, version: int, run_key: str) -> ServingStarted:
         hook = self.kube_hook
         name = manifests.serving_name(name)
-        # A Deployment being deleted (a teardown in progress) is waited out, never patched.
-        deployment = hook.get_live("Deployment", name)
-        annotations = _annotations(deployment)
-        serving = _int_or_none(annotations.get(manifests.A_VERSION))
         template = manifests.serving_pod_template(
             name=name,
             model_name=spec.model_name,
@@ -243,6 +241,7 @@ class KubernetesRuntime(Runtime):
             oss_location=pod_oss_location((spec.store.uri,), lambda: _store_location(spec.store)),
             startup_timeout_seconds=int(spec.ready_timeout.total_seconds()),
         )
+        replicas = check_replicas(spec.replicas)
         desired = manifests.serving_deployment(
             name=name,
             namespace=hook.namespace,
@@ -252,10 +251,9 @@ class KubernetesRuntime(Runtime):
             run_key=run_key,
             dag_id=spec.dag_id,
             template=template,
-            replicas=check_replicas(spec.replicas),
+            replicas=replicas,
             progress_deadline_seconds=int(spec.ready_timeout.total_seconds()),
         )
-        replicas = check_replicas(spec.replicas)
         # Built (and so checked: load balancer settings) before anything is written to the cluster.
         wanted_service = manifests.serving_service(
             name=name,
@@ -269,17 +267,7 @@ class KubernetesRuntime(Runtime):
             source_ranges=config.kubernetes_load_balancer_source_ranges(),
             expose_grpc=config.kubernetes_expose_grpc(),
         )
-        if deployment is None:
-            deployment, _ = hook.create_or_adopt(desired)
-            previous = None
-        elif serving == version:
-            # A retried task, or this version is already live: wait on what is there.
-            log.info("%s/%s already runs %s v%s: adopting it", hook.namespace, name, spec.model_name, version)
-            previous = _int_or_none(annotations.get(manifests.A_PREVIOUS_VERSION))
-        else:
-            log.info("%s/%s runs v%s: rolling out v%s", hook.namespace, name, serving, version)
-            deployment = hook.patch("Deployment", name, manifests.rollout_patch(deployment, desired))
-            previous = serving
+        deployment, previous = self._roll_out(desired, version)
         if replicas >= 2:
             hook.create_or_adopt(
                 manifests.serving_pdb(
@@ -307,12 +295,53 @@ class KubernetesRuntime(Runtime):
             generation=int((deployment.get("metadata") or {}).get("generation") or 0),
             pod_selector={**manifests.serving_selector(name), manifests.L_VERSION: str(version)},
             wait_for_address=wait_for_address,
+            version=str(version),
             timeout_at=self.deadline(timeout),
             poll_interval=spec.poll_interval,
             transient_retry=self.retry.as_conf(),
         )
         handle = self._serving_handle(hook.namespace, name, version, previous)
         return ServingStarted(handle, previous, Wait(trigger, timeout + SERVING_BACKSTOP))
+
+    def _roll_out(self, desired: dict[str, Any], version: int) -> tuple[dict[str, Any], int | None]:
+        """Create the Deployment, adopt it when it already runs `version`, or patch it to `desired`: the
+        (Deployment, version it served before). The patch is guarded by the resourceVersion it was computed
+        from, so that a concurrent deploy between the read and the write is never overwritten blindly (nor
+        recorded as the version to roll back to): on 409 the Deployment is read again and the decision
+        made anew."""
+        hook = self.kube_hook
+        name = desired["metadata"]["name"]
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            # A Deployment being deleted (a teardown in progress) is waited out, never patched.
+            deployment = hook.get_live("Deployment", name)
+            annotations = _annotations(deployment)
+            serving = _int_or_none(annotations.get(manifests.A_VERSION))
+            if deployment is None:
+                created, _ = hook.create_or_adopt(desired)
+                if _int_or_none(_annotations(created).get(manifests.A_VERSION)) == version:
+                    return created, None
+                # Another deploy created it between the read and the create: decide again on it.
+                continue
+            if serving == version:
+                # A retried task, or this version is already live: wait on what is there.
+                log.info("%s/%s already runs v%s: adopting it", hook.namespace, name, version)
+                return deployment, _int_or_none(annotations.get(manifests.A_PREVIOUS_VERSION))
+            log.info("%s/%s runs v%s: rolling out v%s", hook.namespace, name, serving, version)
+            try:
+                patched = hook.patch(
+                    "Deployment",
+                    name,
+                    manifests.rollout_patch(deployment, desired),
+                    resource_version=(deployment.get("metadata") or {}).get("resourceVersion"),
+                )
+            except KubernetesConflict as err:
+                log.warning("%s (attempt %d of %d): reading it again", err, attempt, CONFLICT_ATTEMPTS)
+                continue
+            return patched, serving
+        raise KubernetesConflict(
+            f"Deployment {hook.namespace}/{name} kept changing under this deploy of v{version} "
+            f"({CONFLICT_ATTEMPTS} reads and guarded patches): another deploy is running on this endpoint"
+        )
 
     @staticmethod
     def _serving_handle(namespace: str, name: str, version: int, previous: int | None) -> Handle:
@@ -326,6 +355,14 @@ class KubernetesRuntime(Runtime):
 
     def serving_result(self, handle: Handle, outcome: Outcome) -> dict[str, Any]:
         name, namespace = handle["name"], handle["namespace"]
+        # Confirmed from the Deployment itself, not from the wait: verify and promote must act on the version
+        # that is served, which a concurrent deploy may have replaced since the rollout finished.
+        served = self.served_version(name)
+        if served != int(handle["version"]):
+            raise ServingError(
+                f"{handle['resource']} serves v{served}, not v{handle['version']}: another deploy replaced this "
+                "rollout; nothing is recorded for it"
+            )
         host = outcome.details.get("address") or f"{name}.{namespace}.svc.cluster.local"
         template = config.kubernetes_url_template()
         if template:
@@ -339,12 +376,32 @@ class KubernetesRuntime(Runtime):
             # The new version did roll out; only the load balancer is missing. The DAG's rollback task
             # restores the production version.
             return None
-        name = handle["name"]
-        deployment = self.kube_hook.get("Deployment", name)
-        patch = manifests.rollback_patch(deployment) if deployment else None
-        if patch is None:
+        if outcome.details.get("superseded"):
+            # Another deploy replaced this rollout: what runs now is not this task's to roll back.
             return None
-        self.kube_hook.patch("Deployment", name, patch)
+        name = handle["name"]
+        for _ in range(CONFLICT_ATTEMPTS):
+            deployment = self.kube_hook.get_live("Deployment", name)
+            serving = _int_or_none(_annotations(deployment).get(manifests.A_VERSION))
+            if deployment is None or serving != int(handle["version"]):
+                # Gone, or another deploy's version now: rolling "back" would undo someone else's work.
+                return None if deployment is None else f"not rolled back: the endpoint now serves v{serving}"
+            patch = manifests.rollback_patch(deployment)
+            if patch is None:
+                return None
+            try:
+                self.kube_hook.patch(
+                    "Deployment",
+                    name,
+                    patch,
+                    resource_version=(deployment.get("metadata") or {}).get("resourceVersion"),
+                )
+            except KubernetesConflict as err:
+                log.warning("%s: reading it again", err)
+                continue
+            break
+        else:
+            return "not rolled back: the Deployment kept changing (another deploy is running)"
         log.warning(
             "%s: rollout of v%s failed; rolled back to v%s",
             handle["resource"],

@@ -63,16 +63,17 @@ def test_a_stale_resource_version_gets_409(k8s: EmulatedCluster) -> None:
         k8s, "deployments", DEPLOY, {"metadata": {"resourceVersion": stale}, "spec": {"replicas": 3}}
     )
     assert resp.status_code == 409 and resp.json()["reason"] == "Conflict"
-    guard = [{"op": "test", "path": "/metadata/resourceVersion", "value": stale}]
-    resp = patch(
-        k8s, "deployments", DEPLOY, [*guard, {"op": "replace", "path": "/spec/replicas", "value": 3}]
-    )
-    assert resp.status_code == 409
+    replica_3 = {"op": "replace", "path": "/spec/replicas", "value": 3}
+    guard = [{"op": "replace", "path": "/metadata/resourceVersion", "value": stale}]
+    assert patch(k8s, "deployments", DEPLOY, [*guard, replica_3]).status_code == 409
+    # A JSON patch `test` of it is an ordinary test: 422 when it fails (the apiserver's jsonpatch error).
+    test = [{"op": "test", "path": "/metadata/resourceVersion", "value": stale}]
+    assert patch(k8s, "deployments", DEPLOY, [*test, replica_3]).status_code == 422
     current = k8s.get("deployments", DEPLOY)
     assert current is not None and current["spec"]["replicas"] == 2
     # The current version passes.
     fresh = current["metadata"]["resourceVersion"]
-    guard = [{"op": "test", "path": "/metadata/resourceVersion", "value": fresh}]
+    guard = [{"op": "replace", "path": "/metadata/resourceVersion", "value": fresh}]
     resp = patch(
         k8s, "deployments", DEPLOY, [*guard, {"op": "replace", "path": "/spec/replicas", "value": 3}]
     )

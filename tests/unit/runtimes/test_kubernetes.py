@@ -109,6 +109,18 @@ async def test_a_0_1_0_kubernetes_deferral_resumes(
         runtime="kubernetes",
         model_store=store_uri,
     )
+    # The Deployment the 0.1.0 task rolled out: the result is confirmed against the version it serves.
+    k8s.add(
+        "deployments",
+        {
+            "metadata": {
+                "name": "serve-fashion-mnist-production",
+                "annotations": {manifests.A_VERSION: "1"},
+                "generation": 1,
+            },
+            "spec": {},
+        },
+    )
     old_serving_event = {
         "status": "available",
         "deployment": "d",
@@ -364,3 +376,122 @@ def test_an_existing_service_is_brought_to_the_settings(k8s: EmulatedCluster, st
     assert [p["port"] for p in service["spec"]["ports"]] == [manifests.REST_PORT]
     assert "loadBalancerSourceRanges" not in service["spec"]
     assert ("update", "services", PROD) in k8s.writes()  # kmock names a PATCH "update"
+
+
+def _deploy(store_uri: str, version: int, **kwargs: Any) -> Any:
+    return get_runtime("kubernetes").deploy_serving(
+        _serving_spec(store_uri, "production", **kwargs), name=PROD, version=version, run_key=f"r{version}"
+    )
+
+
+def _another_deploy_writes(k8s: EmulatedCluster, version: int) -> None:
+    """What a concurrent run's rollout leaves: the Deployment at `version` (a new resourceVersion)."""
+    k8s.patch(
+        "deployments",
+        PROD,
+        {
+            "metadata": {"annotations": {manifests.A_VERSION: str(version)}},
+            "spec": {"template": {"metadata": {"annotations": {manifests.A_VERSION: str(version)}}}},
+        },
+    )
+
+
+def test_a_rollout_patch_is_guarded_and_recomputed_after_a_concurrent_change(
+    k8s: EmulatedCluster, store_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run's rollout lands between this task's read and its patch (provoked at the patch): the
+    guarded patch gets 409, the Deployment is read again, and the rollout records the version really
+    replaced (v7, not v1) as the one to roll back to."""
+    from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
+
+    _deploy(store_uri, 1)
+    real_patch = KubernetesResourceHook.patch
+    interleaved: list[str] = []
+
+    def interleave(self: KubernetesResourceHook, kind: str, name: str, patch: Any, **kwargs: Any) -> Any:
+        if kind == "Deployment" and not interleaved:
+            interleaved.append(str(kwargs.get("resource_version")))
+            _another_deploy_writes(k8s, 7)
+        return real_patch(self, kind, name, patch, **kwargs)
+
+    monkeypatch.setattr(KubernetesResourceHook, "patch", interleave)
+    started = _deploy(store_uri, 2)
+    assert interleaved and interleaved[0] != "None"
+    assert started.previous == 7
+    deployment = k8s.get("deployments", PROD)
+    assert deployment is not None
+    annotations = deployment["metadata"]["annotations"]
+    assert annotations[manifests.A_VERSION] == "2" and annotations[manifests.A_PREVIOUS_VERSION] == "7"
+    previous_template = json.loads(annotations[manifests.A_PREVIOUS_TEMPLATE])
+    assert previous_template["metadata"]["annotations"][manifests.A_VERSION] == "7"
+    # One refused patch (409), then the one computed from the fresh read.
+    assert [w for w in k8s.writes() if w[1] == "deployments"] == [
+        ("create", "deployments", PROD),
+        ("update", "deployments", PROD),
+        ("update", "deployments", PROD),
+    ]
+
+
+def test_a_stale_guarded_patch_raises_a_conflict(k8s: EmulatedCluster, store_uri: str) -> None:
+    from airflow_provider_mlpipe.exceptions import KubernetesConflict
+    from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
+
+    _deploy(store_uri, 1)
+    hook = KubernetesResourceHook(namespace=NAMESPACE)
+    deployment = hook.get("Deployment", PROD)
+    assert deployment is not None
+    stale = deployment["metadata"]["resourceVersion"]
+    _another_deploy_writes(k8s, 5)
+    with pytest.raises(KubernetesConflict, match="changed since it was read"):
+        hook.patch("Deployment", PROD, {"spec": {"replicas": 3}}, resource_version=stale)
+    assert (k8s.get("deployments", PROD) or {})["spec"]["replicas"] == 1
+
+
+async def test_the_wait_fails_when_another_deploy_replaces_the_rollout(
+    k8s: EmulatedCluster, store_uri: str
+) -> None:
+    """The rollout of v2 is replaced by another run's v3 while it waits: the wait does not report v3's
+    rollout as v2's, and the failure rolls nothing back (what runs is the other run's)."""
+    from airflow_provider_mlpipe.runtimes.base import Outcome
+    from tests.kubernetes_emulator import first_event
+
+    _deploy(store_uri, 1)
+    runtime = get_runtime("kubernetes")
+    started = runtime.deploy_serving(
+        _serving_spec(store_uri, "production"), name=PROD, version=2, run_key="r2"
+    )
+    _another_deploy_writes(k8s, 3)
+    k8s.roll_out(PROD)
+    assert started.wait is not None
+    event = await first_event(started.wait.trigger)
+    assert event["status"] == "failed" and event["details"]["superseded"] is True
+    assert "v3" in event["message"] and "v2" in event["message"]
+    writes = len(k8s.writes())
+    assert runtime.abandon_serving(started.handle, Outcome.from_event(event)) is None
+    assert len(k8s.writes()) == writes
+    assert (k8s.get("deployments", PROD) or {})["metadata"]["annotations"][manifests.A_VERSION] == "3"
+
+
+def test_the_result_is_confirmed_against_the_version_served(k8s: EmulatedCluster, store_uri: str) -> None:
+    from airflow_provider_mlpipe.runtimes.base import Outcome
+
+    runtime = get_runtime("kubernetes")
+    started = _deploy(store_uri, 1)
+    ok = Outcome(status="success", message="ok", details={"address": "10.0.0.1"})
+    assert runtime.serving_result(started.handle, ok)["url"] == "http://10.0.0.1:8501"
+    _another_deploy_writes(k8s, 4)
+    with pytest.raises(ServingError, match="serves v4, not v1"):
+        runtime.serving_result(started.handle, ok)
+
+
+def test_a_rollback_never_undoes_another_deploy(k8s: EmulatedCluster, store_uri: str) -> None:
+    """v2's rollout failed, but another run's v5 landed since: v2's rollback must not restore v1 over v5."""
+    from airflow_provider_mlpipe.runtimes.base import Outcome
+
+    runtime = get_runtime("kubernetes")
+    _deploy(store_uri, 1)
+    started = _deploy(store_uri, 2)
+    _another_deploy_writes(k8s, 5)
+    failed = Outcome(status="failed", message="ProgressDeadlineExceeded")
+    assert runtime.abandon_serving(started.handle, failed) == "not rolled back: the endpoint now serves v5"
+    assert (k8s.get("deployments", PROD) or {})["metadata"]["annotations"][manifests.A_VERSION] == "5"
