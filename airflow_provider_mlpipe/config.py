@@ -90,6 +90,13 @@ def kubernetes_fetch_image() -> str:
     return image.strip()
 
 
+def kubernetes_image_pull_secrets() -> list[str]:
+    """`[mlpipe] kubernetes_image_pull_secrets`: comma-separated Secret names (type
+    kubernetes.io/dockerconfigjson) for pulling the training, fetch and serving images; empty: none."""
+    raw = _get("kubernetes_image_pull_secrets", "")
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
 def kubernetes_service_account() -> str:
     """Service account of the training and serving pods; empty: the namespace's default."""
     return _get("kubernetes_service_account", "")

@@ -186,7 +186,7 @@ def uses_oss(*uris: str | None) -> bool:
     return any(str(uri or "").startswith("oss://") for uri in uris)
 
 
-def _pod_spec_common(service_account: str) -> dict[str, Any]:
+def _pod_spec_common(service_account: str, image_pull_secrets: list[str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         # The pods never call the Kubernetes API: give them no token to steal.
         "automountServiceAccountToken": False,
@@ -195,6 +195,9 @@ def _pod_spec_common(service_account: str) -> dict[str, Any]:
     }
     if service_account:
         spec["serviceAccountName"] = service_account
+    if image_pull_secrets:
+        # Registry credentials (e.g. a private ACR instance) by Secret name only.
+        spec["imagePullSecrets"] = [{"name": name} for name in image_pull_secrets]
     return spec
 
 
@@ -230,6 +233,7 @@ def train_job(
     ttl_seconds_after_finished: int = 24 * 3600,
     service_account: str = "",
     oss_location: dict[str, str] | None = None,
+    image_pull_secrets: list[str] | None = None,
 ) -> dict[str, Any]:
     """batch/v1 Job running the trainer of `image` (pinned by digest) for one model version."""
     meta_labels = labels("training", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
@@ -254,7 +258,7 @@ def train_job(
     if gpus > 0 and not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     pod_spec: dict[str, Any] = {
-        **_pod_spec_common(service_account),
+        **_pod_spec_common(service_account, image_pull_secrets),
         "restartPolicy": "Never",
         "containers": [
             {
@@ -337,6 +341,7 @@ def serving_pod_template(
     service_account: str = "",
     oss_location: dict[str, str] | None = None,
     startup_timeout_seconds: int = 600,
+    image_pull_secrets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Pod template: fetch `version` from the store into an emptyDir, then TF Serving reads it.
 
@@ -351,7 +356,7 @@ def serving_pod_template(
             "annotations": {A_VERSION: str(version)},
         },
         "spec": {
-            **_pod_spec_common(service_account),
+            **_pod_spec_common(service_account, image_pull_secrets),
             "initContainers": [
                 {
                     "name": "fetch-model",

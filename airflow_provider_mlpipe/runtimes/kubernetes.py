@@ -161,6 +161,7 @@ class KubernetesRuntime(Runtime):
             oss_location=pod_oss_location(
                 (spec.store.store.uri, spec.dataset), lambda: self._training_store_location(spec)
             ),
+            image_pull_secrets=config.kubernetes_image_pull_secrets(),
         )
 
     @staticmethod
@@ -240,6 +241,7 @@ class KubernetesRuntime(Runtime):
             service_account=config.kubernetes_service_account(),
             oss_location=pod_oss_location((spec.store.uri,), lambda: _store_location(spec.store)),
             startup_timeout_seconds=int(spec.ready_timeout.total_seconds()),
+            image_pull_secrets=config.kubernetes_image_pull_secrets(),
         )
         replicas = check_replicas(spec.replicas)
         desired = manifests.serving_deployment(

@@ -108,6 +108,7 @@ ALL: dict[str, Any] = {
         node_selector={"aliyun.accelerator/nvidia_name": "Tesla-V100"},
         tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
         service_account="mlpipe-train",
+        image_pull_secrets=["acr-pull"],
     ),
     "job-oss-location": lambda: job(oss_location=LOCATION),
     "job-file-store": lambda: job(model_store="file:///mnt/models", dataset=None, hyperparameters={}),
@@ -550,3 +551,20 @@ def test_service_patch_brings_an_existing_service_to_the_wanted_spec() -> None:
     assert merged["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "intranet"
     assert [p["port"] for p in merged["spec"]["ports"]] == [manifests.REST_PORT]
     assert "loadBalancerSourceRanges" not in merged["spec"]
+
+
+def test_image_pull_secrets_reach_both_pod_specs() -> None:
+    pod = ALL["job-gpu-placed"]()["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "acr-pull"}]
+    assert "imagePullSecrets" not in job()["spec"]["template"]["spec"]
+    template = manifests.serving_pod_template(
+        name="serve-x",
+        model_name="fashion_mnist",
+        version=1,
+        model_store="oss://models-bucket/mlpipe",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/mlpipe/fetch@" + DIGEST,
+        oss_secret="mlpipe-oss",
+        image_pull_secrets=["acr-pull", "mirror-pull"],
+    )
+    assert template["spec"]["imagePullSecrets"] == [{"name": "acr-pull"}, {"name": "mirror-pull"}]
