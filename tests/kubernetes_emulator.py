@@ -20,12 +20,17 @@ What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested again
   and 400 BadRequest on a malformed selector; field selectors (`a.b=c`, `!=`) on any field, as for Events;
 - pod logs: served from `set_log` (each line stamped with the time
   `set_log` first saw it), with `timestamps`, `sinceSeconds` and `tailLines` honoured as the kubelet does;
-- no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
+- validation beyond the schema as the apiserver does it (422: DNS-1123/1035 names, label keys and values, a
+  Deployment selector that misses its template's labels, requests above limits, port ranges and names) and
+  Pod Security admission of the `restricted` level on Pods (403); workload templates are checked against
+  `restricted` after the fact (`check_sent`), since admission refuses their pods, not them; no RBAC
+  enforcement (checked after the fact too);
 - `watch=True` as the Python clients send it (`True`, not `true`) is normalised, though the runtime polls.
 
-Because the emulator validates nothing, what the runtime SENT is checked after the fact (`check_sent`): every
-object it created, and every object as each of its patches left it, passes `kubernetes-validate --strict`
-for Kubernetes 1.30 and 1.35 (server-side metadata and status stripped first), and every request is one the
+The emulator does not apply the OpenAPI schema itself, so what the runtime SENT is also checked after the fact
+(`check_sent`): every object it created, and every object as each of its patches left it, passes
+`kubernetes-validate --strict` for Kubernetes 1.30 and 1.35 (server-side metadata and status stripped first),
+every pod template meets Pod Security `restricted`, and every request is one the
 Role in deploy/rbac.yaml grants (RBAC's verb derived from the HTTP method and path, as the apiserver does).
 
 Faults (`EmulatedCluster.fail_next`, `reset_next`, `delay_next`) are injected at the HTTP layer, in front of
@@ -157,6 +162,174 @@ def selector_matches(terms: list[tuple[str, str, frozenset[str]]], labels: dict[
         if not ok:
             return False
     return True
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS_SUBDOMAIN}$")
+_IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# Name rules per resource (k8s.io/kubernetes/pkg/apis/*/validation): Services are DNS-1035 labels, Jobs
+# DNS-1123 labels (their name becomes a label value), the others DNS-1123 subdomains.
+_NAME_RULES: dict[str, tuple[re.Pattern[str], int, str]] = {
+    "services": (_DNS1035_LABEL, 63, "a DNS-1035 label"),
+    "jobs": (_DNS1123_LABEL, 63, "a DNS-1123 label"),
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIX = {
+    "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def quantity(value: object) -> float:
+    match = _QUANTITY.match(str(value))
+    if match is None:
+        raise ValueError(f"quantities must match the regular expression {_QUANTITY.pattern}")
+    return float(match[1]) * _SUFFIX[match[2] or ""]
+
+
+def _pod_specs(plural: str, obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(field path, pod spec) of an object: a Pod's own spec, a workload's template."""
+    if plural == "pods":
+        return [("spec", obj.get("spec") or {})]
+    template = _dig(obj, ("spec", "template"))
+    if plural in ("jobs", "deployments") and isinstance(template, dict):
+        return [("spec.template.spec", template.get("spec") or {})]
+    return []
+
+
+def _label_errors(path: str, labels: object) -> list[str]:
+    errors = []
+    for key, value in (labels or {}).items() if isinstance(labels, dict) else []:
+        if not re.fullmatch(_LABEL_KEY, str(key)):
+            errors.append(
+                f"{path}: Invalid value: {key!r}: name part must consist of alphanumeric characters"
+            )
+        if len(str(value)) > 63 or not re.fullmatch(_LABEL_VALUE, str(value)):
+            errors.append(
+                f"{path}: Invalid value: {value!r}: a valid label must be an empty string or 63 chars"
+            )
+    return errors
+
+
+def _port_errors(path: str, port: object, *, names_allowed: bool) -> list[str]:
+    if isinstance(port, int):
+        return [] if 1 <= port <= 65535 else [f"{path}: Invalid value: {port}: must be between 1 and 65535"]
+    if names_allowed and isinstance(port, str) and len(port) <= 15 and _IANA_SVC_NAME.match(port):
+        return []
+    return [f"{path}: Invalid value: {port!r}: must be a port number or an IANA_SVC_NAME"]
+
+
+def object_errors(plural: str, obj: dict[str, Any]) -> list[str]:
+    """What the apiserver's validation refuses beyond the OpenAPI schema (422 Invalid): names, labels,
+    a Deployment selector that misses its template's labels, requests above limits, port ranges."""
+    errors: list[str] = []
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    pattern, max_len, what = _NAME_RULES.get(plural, (_DNS1123_SUBDOMAIN, 253, "a DNS-1123 subdomain"))
+    if len(name) > max_len or not pattern.match(name):
+        errors.append(
+            f"metadata.name: Invalid value: {name!r}: must be {what} of at most {max_len} characters"
+        )
+    errors += _label_errors("metadata.labels", meta.get("labels"))
+    template_labels = _dig(obj, ("spec", "template", "metadata", "labels"))
+    errors += _label_errors("spec.template.metadata.labels", template_labels)
+    if plural == "deployments":
+        wanted = _dig(obj, ("spec", "selector", "matchLabels")) or {}
+        if not wanted or any((template_labels or {}).get(k) != v for k, v in wanted.items()):
+            errors.append(
+                "spec.template.metadata.labels: Invalid value: `selector` does not match template `labels`"
+            )
+    for path, spec in _pod_specs(plural, obj):
+        for kind in ("initContainers", "containers"):
+            for i, container in enumerate(spec.get(kind) or []):
+                where = f"{path}.{kind}[{i}]"
+                if not _DNS1123_LABEL.match(str(container.get("name") or "")):
+                    errors.append(f"{where}.name: Invalid value: {container.get('name')!r}: a DNS-1123 label")
+                resources = container.get("resources") or {}
+                requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+                for resource, limit in limits.items():
+                    try:
+                        above = resource in requests and quantity(requests[resource]) > quantity(limit)
+                    except ValueError as err:
+                        errors.append(f"{where}.resources: Invalid value: {err}")
+                        continue
+                    if above:
+                        errors.append(
+                            f"{where}.resources.requests: Invalid value: {requests[resource]!r}: must be less "
+                            f"than or equal to {resource} limit of {limit}"
+                        )
+                for j, port in enumerate(container.get("ports") or []):
+                    errors += _port_errors(
+                        f"{where}.ports[{j}].containerPort", port.get("containerPort"), names_allowed=False
+                    )
+                    if "name" in port and not (
+                        len(port["name"]) <= 15 and _IANA_SVC_NAME.match(port["name"])
+                    ):
+                        errors.append(
+                            f"{where}.ports[{j}].name: Invalid value: {port['name']!r}: an IANA_SVC_NAME"
+                        )
+    if plural == "services":
+        for j, port in enumerate(_dig(obj, ("spec", "ports")) or []):
+            errors += _port_errors(f"spec.ports[{j}].port", port.get("port"), names_allowed=False)
+            if "targetPort" in port:
+                errors += _port_errors(f"spec.ports[{j}].targetPort", port["targetPort"], names_allowed=True)
+    return errors
+
+
+_RESTRICTED_VOLUMES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+)
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What the Pod Security `restricted` profile (latest) refuses in a pod spec
+    (https://kubernetes.io/docs/concepts/security/pod-security-standards/)."""
+    violations: list[str] = []
+    pod_sc = spec.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            violations.append(f"host namespaces ({flag}=true)")
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUMES:
+            violations.append(f"restricted volume types (volume {volume.get('name')!r} uses {sorted(kinds)})")
+    if pod_sc.get("runAsUser") == 0:
+        violations.append("runAsUser=0 (pod)")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    for container in containers:
+        name = container.get("name")
+        sc = container.get("securityContext") or {}
+        if sc.get("privileged"):
+            violations.append(f"privileged (container {name!r})")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            violations.append(f"allowPrivilegeEscalation != false (container {name!r})")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            violations.append(f"unrestricted capabilities (container {name!r} must drop ALL)")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            violations.append(f"unrestricted capabilities (container {name!r} adds {caps.get('add')})")
+        run_as_non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        if run_as_non_root is not True:
+            violations.append(f"runAsNonRoot != true (container {name!r})")
+        if sc.get("runAsUser") == 0:
+            violations.append(f"runAsUser=0 (container {name!r})")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            violations.append(f"seccompProfile (container {name!r} must use RuntimeDefault or Localhost)")
+        if any(p.get("hostPort") for p in container.get("ports") or []):
+            violations.append(f"hostPort (container {name!r})")
+    return violations
 
 
 def _dig(obj: Any, path: tuple[str, ...]) -> Any:
@@ -294,6 +467,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if request.action == kmock.action.UPDATE and request.name:
                 await self._check_update(request)
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                self._admit(str(request.resource.plural), request.data)
                 if str(request.resource.plural) in STATUS_SUBRESOURCE:
                     # The apiserver resets the status of a created object: only controllers set it.
                     request.data.pop("status", None)
@@ -307,6 +481,27 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     generation=1,
                 )
         return await super()._handle(request)
+
+    @staticmethod
+    def _admit(plural: str, obj: dict[str, Any]) -> None:
+        """Validation (422 Invalid) and, for a Pod, Pod Security admission of the namespace's `restricted`
+        level (403 Forbidden), as the apiserver does before storing an object."""
+        errors = object_errors(plural, obj)
+        if errors:
+            name = (obj.get("metadata") or {}).get("name")
+            raise kmock.KubernetesError(
+                status=422, reason="Invalid", message=f'{plural} "{name}" is invalid: ' + "; ".join(errors)
+            )
+        if plural == "pods":
+            violations = restricted_violations(obj.get("spec") or {})
+            if violations:
+                name = (obj.get("metadata") or {}).get("name")
+                raise kmock.KubernetesError(
+                    status=403,
+                    reason="Forbidden",
+                    message=f'pods "{name}" is forbidden: violates PodSecurity "restricted:latest": '
+                    + ", ".join(violations),
+                )
 
     async def _check_update(self, request: Any) -> None:
         """Refuse a patch as the apiserver would: a stale resourceVersion (409), a change to an immutable
@@ -355,6 +550,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                         message=f'{kind} "{request.name}" is invalid: {".".join(path)}: Invalid value: '
                         f"{json.dumps(_dig(patched, path))}: field is immutable",
                     )
+            self._admit(plural, patched)
 
     async def _serve_update(self, request: Any) -> Any:
         async with self._lock:
@@ -501,6 +697,14 @@ def check_sent(cluster: EmulatedCluster) -> int:
                 raise AssertionError(
                     f"{how} {kind} {name} is invalid for Kubernetes {version}: {err}"
                 ) from err
+    # Pod Security admission checks Pods, not the workloads that make them: a template that violates the
+    # namespace's `restricted` level (deploy/namespace.yaml) is stored, and every pod made from it refused.
+    for how, obj in sent:
+        plural = {"Job": "jobs", "Deployment": "deployments"}.get(str(obj.get("kind")), "")
+        for path, spec in _pod_specs(plural, obj):
+            violations = restricted_violations(spec)
+            name = (obj.get("metadata") or {}).get("name")
+            assert not violations, f"{how} {obj.get('kind')} {name}: {path} violates restricted: {violations}"
     denied = cluster.rbac_requests() - role_grants()
     assert not denied, f"requests the Role in {RBAC_MANIFEST.name} does not grant: {sorted(denied)}"
     return len(sent)

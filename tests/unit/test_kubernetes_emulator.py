@@ -166,3 +166,119 @@ def test_status_is_written_only_through_the_status_subresource(k8s: EmulatedClus
 def test_the_runtime_s_own_selectors_parse(k8s: EmulatedCluster, selector: str) -> None:
     resp = requests.get(url(k8s, "pods"), params={"labelSelector": selector}, timeout=10)
     assert resp.status_code == 200
+
+
+def _job(name: str = JOB, **container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "t", "image": "x", **container}],
+                }
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("what", "body", "field"),
+    [
+        ("an upper-case name", _job("Train-X"), "metadata.name"),
+        ("a Job name longer than a label", _job("t" * 64), "metadata.name"),
+        (
+            "a label value with a space",
+            {**_job(), "metadata": {"name": JOB, "labels": {"a": "b c"}}},
+            "labels",
+        ),
+        (
+            "a label key with two slashes",
+            {**_job(), "metadata": {"name": JOB, "labels": {"a/b/c": "d"}}},
+            "labels",
+        ),
+        (
+            "requests above limits",
+            _job(resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}),
+            "resources.requests",
+        ),
+        ("a port out of range", _job(ports=[{"containerPort": 70000}]), "containerPort"),
+        (
+            "a port name too long",
+            _job(ports=[{"containerPort": 80, "name": "a-very-long-port-name"}]),
+            "name",
+        ),
+        ("an invalid container name", _job(), "name"),
+    ],
+)
+def test_objects_a_real_server_refuses_get_422(
+    k8s: EmulatedCluster, what: str, body: dict[str, Any], field: str
+) -> None:
+    if what == "an invalid container name":
+        body["spec"]["template"]["spec"]["containers"][0]["name"] = "Trainer_1"
+    resp = requests.post(url(k8s, "jobs"), json=body, timeout=10)
+    assert resp.status_code == 422, what
+    assert resp.json()["reason"] == "Invalid" and field in resp.json()["message"], resp.json()["message"]
+    assert k8s.names("jobs") == []
+
+
+def test_a_deployment_whose_selector_misses_its_template_labels_gets_422(k8s: EmulatedCluster) -> None:
+    created = create_deployment(k8s)
+    body = {**created, "metadata": {"name": "serve-y"}}
+    body["spec"] = {**created["spec"], "selector": {"matchLabels": {"app": "not-in-the-template"}}}
+    resp = requests.post(url(k8s, "deployments"), json=body, timeout=10)
+    assert resp.status_code == 422 and "does not match template" in resp.json()["message"]
+    # A patch that would leave the template without the selector's labels is refused too.
+    resp = patch(k8s, "deployments", DEPLOY, {"spec": {"template": {"metadata": {"labels": None}}}})
+    assert resp.status_code == 422
+
+
+def test_a_service_port_out_of_range_gets_422(k8s: EmulatedCluster) -> None:
+    service = manifests.serving_service(
+        name="serve-x", namespace=NAMESPACE, service_type="ClusterIP", model_name="m", run_key="r", dag_id="d"
+    )
+    service["spec"]["ports"][0]["port"] = 0
+    resp = requests.post(k8s.url + f"/api/v1/namespaces/{NAMESPACE}/services", json=service, timeout=10)
+    assert resp.status_code == 422 and "spec.ports[0].port" in resp.json()["message"]
+    service["spec"]["ports"][0].update(port=8501, targetPort="Not_A_Name")
+    resp = requests.post(k8s.url + f"/api/v1/namespaces/{NAMESPACE}/services", json=service, timeout=10)
+    assert resp.status_code == 422 and "targetPort" in resp.json()["message"]
+
+
+def test_a_pod_that_violates_pod_security_restricted_gets_403(k8s: EmulatedCluster) -> None:
+    """deploy/namespace.yaml enforces `restricted`: a pod running as root, with privilege escalation, or
+    keeping capabilities is refused at admission; the runtime's own pod specs pass."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "root-pod"},
+        "spec": {"containers": [{"name": "c", "image": "x"}]},
+    }
+    resp = requests.post(url(k8s, "pods"), json=pod, timeout=10)
+    assert resp.status_code == 403 and resp.json()["reason"] == "Forbidden"
+    message = resp.json()["message"]
+    assert 'violates PodSecurity "restricted:latest"' in message
+    assert "allowPrivilegeEscalation" in message and "runAsNonRoot" in message and "seccompProfile" in message
+
+    template = manifests.serving_pod_template(
+        name="serve-x",
+        model_name="m",
+        version=1,
+        model_store="oss://bucket/p",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/fetch@sha256:" + "c" * 64,
+        oss_secret="mlpipe-oss",
+    )
+    ok = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime-pod"}, "spec": template["spec"]}
+    assert requests.post(url(k8s, "pods"), json=ok, timeout=10).status_code in (200, 201)
+
+
+def test_check_sent_refuses_a_workload_template_that_violates_restricted(k8s: EmulatedCluster) -> None:
+    """Admission refuses the pods of such a Job, not the Job: `check_sent` catches it after the fact."""
+    from tests.kubernetes_emulator import check_sent
+
+    assert requests.post(url(k8s, "jobs"), json=_job(), timeout=10).status_code in (200, 201)
+    with pytest.raises(AssertionError, match="violates restricted"):
+        check_sent(k8s)
