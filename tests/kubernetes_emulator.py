@@ -5,9 +5,11 @@ the clients (the cncf-kubernetes provider's KubernetesHook and AsyncKubernetesHo
 `kubernetes` and `kubernetes_asyncio` clients, configured from an Airflow connection with a kubeconfig).
 
 What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested against a real cluster:
-- no controllers run: nothing creates pods for a Job or ReplicaSets for a Deployment, nothing sets status,
-  nothing garbage-collects (foreground deletion deletes at once). Tests and their "actors" write status,
-  pods and pod logs themselves through `EmulatedCluster`;
+- no controllers run: nothing creates pods for a Job or ReplicaSets for a Deployment, nothing sets status.
+  Tests and their "actors" write status, pods and pod logs themselves through `EmulatedCluster`. The garbage
+  collector's foreground deletion is emulated synchronously: the owner keeps a deletionTimestamp (and the
+  `foregroundDeletion` finalizer) while a dependent (a Job's pods) still has finalizers, and goes with
+  the last of them;
 - server-side metadata (uid, resourceVersion, creationTimestamp, generation bumped on spec changes) is
   added by the shim, not by an apiserver;
 - answered as a real apiserver answers them (each has its own test in tests/unit/test_kubernetes_emulator.py):
@@ -480,7 +482,74 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     creationTimestamp=_now(),
                     generation=1,
                 )
-        return await super()._handle(request)
+            if verb == "delete(Foreground)" and request.name:
+                await self._foreground(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if request.resource is not None:
+                await self._collect_garbage()
+
+    def _dependents(self, resource: Any, namespace: str, name: str) -> list[Any]:
+        """Keys of the objects `name` owns: by ownerReferences, and a Job's pods by their job-name label
+        (the emulated pods carry no ownerReferences)."""
+        plural, kind = str(resource.plural), None
+        kind = {"jobs": "Job", "deployments": "Deployment"}.get(plural)
+        found = []
+        for key in list(self._objects):
+            if key[1] != namespace or self._objects[key].deleted:
+                continue
+            meta = self._objects[key].get("metadata", {}) or {}
+            owned = any(
+                ref.get("name") == name and ref.get("kind") == kind
+                for ref in meta.get("ownerReferences") or []
+            )
+            if plural == "jobs" and str(key[0]) == str(kmock.resource(RESOURCES["pods"])):
+                owned = owned or (meta.get("labels") or {}).get("job-name") == name
+            if owned:
+                found.append(key)
+        return found
+
+    async def _foreground(self, request: Any) -> None:
+        """Foreground deletion: the owner stays, with a deletionTimestamp and the `foregroundDeletion`
+        finalizer, until its dependents are gone; dependents without finalizers go at once, those with
+        finalizers wait for them to be removed (as the garbage collector does, synchronously here)."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                return
+            dependents = self._dependents(request.resource, request.namespace, request.name)
+            if not dependents:
+                return  # nothing to wait for: deleted at once
+            owner = self._objects[key]
+            finalizers = list((owner.get("metadata", {}) or {}).get("finalizers") or [])
+            if "foregroundDeletion" not in finalizers:
+                owner.patch({"metadata": {"finalizers": [*finalizers, "foregroundDeletion"]}})
+            for dependent_key in dependents:
+                dependent = self._objects[dependent_key]
+                meta = dependent.get("metadata", {}) or {}
+                if not meta.get("finalizers"):
+                    dependent.delete()
+                elif not meta.get("deletionTimestamp"):
+                    dependent.patch({"metadata": {"deletionTimestamp": _now()}})
+
+    async def _collect_garbage(self) -> None:
+        """Finish the foreground deletions whose dependents are gone."""
+        async with self._lock:
+            for key in list(self._objects):
+                obj = self._objects[key]
+                if obj.deleted:
+                    continue
+                meta = obj.get("metadata", {}) or {}
+                if not meta.get("deletionTimestamp") or "foregroundDeletion" not in (
+                    meta.get("finalizers") or []
+                ):
+                    continue
+                if not self._dependents(key[0], key[1], key[2]):
+                    rest = [f for f in meta.get("finalizers") or [] if f != "foregroundDeletion"]
+                    obj.patch({"metadata": {"finalizers": rest or None}})
+                    if not rest:
+                        obj.delete()
 
     @staticmethod
     def _admit(plural: str, obj: dict[str, Any]) -> None:

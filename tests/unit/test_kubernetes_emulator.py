@@ -282,3 +282,42 @@ def test_check_sent_refuses_a_workload_template_that_violates_restricted(k8s: Em
     assert requests.post(url(k8s, "jobs"), json=_job(), timeout=10).status_code in (200, 201)
     with pytest.raises(AssertionError, match="violates restricted"):
         check_sent(k8s)
+
+
+def test_foreground_deletion_keeps_the_owner_until_its_dependents_are_gone(k8s: EmulatedCluster) -> None:
+    """A Job deleted with propagationPolicy Foreground stays readable, with a deletionTimestamp and the
+    `foregroundDeletion` finalizer, while one of its pods still has a finalizer; it goes with that pod."""
+    assert requests.post(url(k8s, "jobs"), json=_job(), timeout=10).status_code in (200, 201)
+    k8s.add_job_pod(JOB, "train-x-free")
+    k8s.add_job_pod(JOB, "train-x-held")
+    k8s.patch("pods", "train-x-held", {"metadata": {"finalizers": ["example.com/keep"]}})
+    foreground = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"}
+    resp = requests.delete(url(k8s, "jobs", JOB), json=foreground, timeout=10)
+    assert resp.status_code == 200
+    job = requests.get(url(k8s, "jobs", JOB), timeout=10).json()
+    assert job["metadata"]["deletionTimestamp"] and "foregroundDeletion" in job["metadata"]["finalizers"]
+    assert k8s.names("pods") == ["train-x-held"]
+    held = k8s.get("pods", "train-x-held")
+    assert held is not None and held["metadata"]["deletionTimestamp"]
+    # The pod's finalizer goes: the pod goes, and the Job with it.
+    assert patch_pod(k8s, "train-x-held", {"metadata": {"finalizers": None}}).status_code == 200
+    assert requests.get(url(k8s, "jobs", JOB), timeout=10).status_code == 404
+    assert k8s.names("pods") == [] and k8s.names("jobs") == []
+
+
+def test_a_job_without_blocking_dependents_goes_at_once(k8s: EmulatedCluster) -> None:
+    assert requests.post(url(k8s, "jobs"), json=_job(), timeout=10).status_code in (200, 201)
+    k8s.add_job_pod(JOB, "train-x-a")
+    foreground = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"}
+    assert requests.delete(url(k8s, "jobs", JOB), json=foreground, timeout=10).status_code == 200
+    assert requests.get(url(k8s, "jobs", JOB), timeout=10).status_code == 404
+    assert k8s.names("pods") == []
+
+
+def patch_pod(k8s: EmulatedCluster, name: str, body: dict[str, Any]) -> requests.Response:
+    return requests.patch(
+        url(k8s, "pods", name),
+        json=body,
+        headers={"Content-Type": "application/merge-patch+json"},
+        timeout=10,
+    )
