@@ -69,8 +69,20 @@ def kubernetes_namespace() -> str:
 
 
 def kubernetes_oss_secret() -> str:
-    """Secret with keys `access_key_id` and `access_key_secret`, handed to pods by secretKeyRef only."""
+    """Secret with keys `access_key_id` and `access_key_secret` (exactly these), handed to pods by
+    secretKeyRef only."""
     return _get("kubernetes_oss_secret", "mlpipe-oss")
+
+
+def kubernetes_oss_location() -> dict[str, str]:
+    """`[mlpipe] kubernetes_oss_region` / `kubernetes_oss_endpoint`: where the pods reach the bucket when it
+    differs from the store's settings (e.g. the VPC endpoint `oss-cn-hangzhou-internal.aliyuncs.com` for pods,
+    the public one for an Airflow outside the cluster). Empty values are left out."""
+    location = {
+        "OSS_REGION": _get("kubernetes_oss_region", "").strip(),
+        "OSS_ENDPOINT": _get("kubernetes_oss_endpoint", "").strip(),
+    }
+    return {key: value for key, value in location.items() if value}
 
 
 def kubernetes_serving_image() -> str:
@@ -87,6 +99,13 @@ def kubernetes_fetch_image() -> str:
             "the pushed fetch image (serving_image/Dockerfile.fetch)",
         )
     return image.strip()
+
+
+def kubernetes_image_pull_secrets() -> list[str]:
+    """`[mlpipe] kubernetes_image_pull_secrets`: comma-separated Secret names (type
+    kubernetes.io/dockerconfigjson) for pulling the training, fetch and serving images; empty: none."""
+    raw = _get("kubernetes_image_pull_secrets", "")
+    return [name.strip() for name in raw.split(",") if name.strip()]
 
 
 def kubernetes_service_account() -> str:
@@ -110,6 +129,42 @@ def kubernetes_service_type(endpoint: str) -> str:
             f"[mlpipe] kubernetes_{endpoint}_service_type", value, "ClusterIP, NodePort or LoadBalancer"
         )
     return value
+
+
+def kubernetes_load_balancer_address_type() -> str:
+    """`intranet` (default) or `internet` (ACK's address-type annotation on LoadBalancer Services)."""
+    value = _get("kubernetes_load_balancer_address_type", "intranet").strip()
+    if value not in ("intranet", "internet"):
+        raise ConfigError("[mlpipe] kubernetes_load_balancer_address_type", value, "intranet or internet")
+    return value
+
+
+def kubernetes_load_balancer_source_ranges() -> list[str]:
+    """Comma-separated CIDRs allowed to reach a LoadBalancer Service; required with `internet`."""
+    raw = _get("kubernetes_load_balancer_source_ranges", "")
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def kubernetes_expose_grpc() -> bool:
+    """Whether the serving Service also exposes TF Serving's gRPC port (8500); default: REST only."""
+    raw = _get("kubernetes_expose_grpc", "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError("[mlpipe] kubernetes_expose_grpc", raw, "true or false")
+    return raw in ("true", "1", "yes")
+
+
+def kubernetes_stuck_timeout() -> float | None:
+    """`[mlpipe] kubernetes_stuck_timeout`: seconds a training Job may stay unable to start (unschedulable,
+    image pull failing, no pod created) before the task fails with the reason; 0: wait until its deadline.
+    Default 900: long enough for a cluster autoscaler to add a node."""
+    raw = _get("kubernetes_stuck_timeout", "900").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError("[mlpipe] kubernetes_stuck_timeout", raw, "seconds >= 0 (0: never)") from None
+    if value < 0:
+        raise ConfigError("[mlpipe] kubernetes_stuck_timeout", raw, "seconds >= 0 (0: never)")
+    return value or None
 
 
 def check_runtime(runtime: object) -> str:

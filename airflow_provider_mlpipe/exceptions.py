@@ -91,6 +91,11 @@ class KubernetesRuntimeError(MlpipeError):
     """A Kubernetes API call failed (other than the not-found / already-exists cases the runtime handles)."""
 
 
+class KubernetesConflict(KubernetesRuntimeError):
+    """A write guarded by a resourceVersion found the object changed since it was read (HTTP 409): read it
+    again and decide anew."""
+
+
 class RetriesExhausted(MlpipeError):
     """The last transient error after `attempts` tries; callers turn it into an error naming their
     resource (StoreUnavailable, KubernetesRuntimeError, ServingError)."""

@@ -4,13 +4,16 @@ No I/O and no Kubernetes client here: the operators build a manifest, the hooks 
 lets the tests validate every manifest against the Kubernetes OpenAPI schemas (`kubernetes-validate
 --strict`) without a cluster.
 
-Credentials never appear in a manifest: pods get the OSS keys through `secretKeyRef` to a Secret.
+Credentials never appear in a manifest: pods get the OSS keys through `secretKeyRef` to a Secret. Where the
+bucket lives (`OSS_REGION`, `OSS_ENDPOINT`) is not secret: it comes from the store's settings as plain values.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import re
 from typing import Any
 
@@ -21,6 +24,10 @@ from airflow_provider_mlpipe.training import trainer_env
 FETCH_MODULE = "airflow_provider_mlpipe.images.serving.fetch"
 REST_PORT = 8501
 GRPC_PORT = 8500
+# The trainer's exit code for bad input (training_image/train.py EXIT_USAGE, argparse's too): a retry on
+# another pod cannot fix it, so the Job's podFailurePolicy fails the Job at once.
+TRAINER_USAGE_EXIT_CODE = 2
+STARTUP_PROBE_PERIOD = 5
 RUN_AS = 10001  # the uid/gid the training and fetch images create (Dockerfiles)
 MODELS_DIR = "/models"
 SCRATCH_DIR = "/scratch"
@@ -39,14 +46,19 @@ A_IMAGE = "mlpipe.io/image"
 A_VERSION = "mlpipe.io/model-version"
 A_PREVIOUS_VERSION = "mlpipe.io/previous-version"
 A_PREVIOUS_TEMPLATE = "mlpipe.io/previous-template"
+A_PREVIOUS_REPLICAS = "mlpipe.io/previous-replicas"
+# Alibaba Cloud (ACK) load balancer address type; ACK's own default is `internet`.
+A_LB_ADDRESS_TYPE = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type"
+LB_ADDRESS_TYPES = ("intranet", "internet")
 
-# OSS credentials: Secret keys -> environment variables the OSS store backend reads.
+# OSS credentials: Secret keys -> environment variables the OSS store backend reads. Exactly the keys of
+# README's Secret and deploy/oss-secret.example.yaml.
 OSS_SECRET_KEYS = {
-    "OSS_ACCESS_KEY_ID": ("access_key_id", False),
-    "OSS_ACCESS_KEY_SECRET": ("access_key_secret", False),
-    # Optional: the endpoint may also come from the store URI.
-    "OSS_ENDPOINT": ("endpoint", True),
+    "OSS_ACCESS_KEY_ID": "access_key_id",
+    "OSS_ACCESS_KEY_SECRET": "access_key_secret",
 }
+# Where the bucket lives: plain env values (the store backend needs the region or the endpoint).
+OSS_LOCATION_ENV = ("OSS_REGION", "OSS_ENDPOINT")
 
 _DNS_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -152,24 +164,29 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def oss_env(secret_name: str, *, required: bool) -> list[dict[str, Any]]:
-    """OSS credentials as secretKeyRef env vars; `required=False` when nothing reads OSS (file:// store)."""
-    return [
+def oss_env(
+    secret_name: str, *, required: bool, location: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """OSS credentials as secretKeyRef env vars (`required=False` when nothing reads OSS: file:// store),
+    then the bucket's `location` (`OSS_REGION` / `OSS_ENDPOINT` -> value) as plain values."""
+    env: list[dict[str, Any]] = [
         {
-            "name": env,
-            "valueFrom": {
-                "secretKeyRef": {"name": secret_name, "key": key, "optional": optional or not required}
-            },
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key, "optional": not required}},
         }
-        for env, (key, optional) in OSS_SECRET_KEYS.items()
+        for name, key in OSS_SECRET_KEYS.items()
     ]
+    for name in OSS_LOCATION_ENV:
+        if (location or {}).get(name):
+            env.append({"name": name, "value": str((location or {})[name])})
+    return env
 
 
 def uses_oss(*uris: str | None) -> bool:
     return any(str(uri or "").startswith("oss://") for uri in uris)
 
 
-def _pod_spec_common(service_account: str) -> dict[str, Any]:
+def _pod_spec_common(service_account: str, image_pull_secrets: list[str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         # The pods never call the Kubernetes API: give them no token to steal.
         "automountServiceAccountToken": False,
@@ -178,6 +195,9 @@ def _pod_spec_common(service_account: str) -> dict[str, Any]:
     }
     if service_account:
         spec["serviceAccountName"] = service_account
+    if image_pull_secrets:
+        # Registry credentials (e.g. a private ACR instance) by Secret name only.
+        spec["imagePullSecrets"] = [{"name": name} for name in image_pull_secrets]
     return spec
 
 
@@ -212,6 +232,8 @@ def train_job(
     active_deadline_seconds: int = 6 * 3600,
     ttl_seconds_after_finished: int = 24 * 3600,
     service_account: str = "",
+    oss_location: dict[str, str] | None = None,
+    image_pull_secrets: list[str] | None = None,
 ) -> dict[str, Any]:
     """batch/v1 Job running `image` (pinned by digest, its own entrypoint) for one model version."""
     meta_labels = labels("training", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
@@ -234,12 +256,12 @@ def train_job(
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    env.extend(oss_env(oss_secret, required=uses_oss(model_store, dataset)))
+    env.extend(oss_env(oss_secret, required=uses_oss(model_store, dataset), location=oss_location))
     tolerations = list(tolerations or [])
     if gpus > 0 and not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     pod_spec: dict[str, Any] = {
-        **_pod_spec_common(service_account),
+        **_pod_spec_common(service_account, image_pull_secrets),
         "restartPolicy": "Never",
         "containers": [
             {
@@ -280,6 +302,23 @@ def train_job(
             "ttlSecondsAfterFinished": ttl_seconds_after_finished,
             "completions": 1,
             "parallelism": 1,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "trainer",
+                            "operator": "In",
+                            "values": [TRAINER_USAGE_EXIT_CODE],
+                        },
+                    },
+                    # A pod evicted, preempted or deleted by a node drain is not the trainer's failure: it
+                    # does not count against backoffLimit.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
+            # The replacement starts only once the old pod is gone: never two trainers writing one version.
+            "podReplacementPolicy": "Failed",
             "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
         },
     }
@@ -302,8 +341,15 @@ def serving_pod_template(
     cpu: str = "500m",
     memory: str = "1Gi",
     service_account: str = "",
+    oss_location: dict[str, str] | None = None,
+    startup_timeout_seconds: int = 600,
+    image_pull_secrets: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Pod template: fetch `version` from the store into an emptyDir, then TF Serving reads it."""
+    """Pod template: fetch `version` from the store into an emptyDir, then TF Serving reads it.
+
+    TF Serving opens its ports only once the model is loaded, which takes minutes for a large one: the
+    startupProbe allows `startup_timeout_seconds` for that, and liveness starts only after it succeeds.
+    """
     base_path = f"{MODELS_DIR}/{model_name}"
     mounts = [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
     return {
@@ -312,7 +358,7 @@ def serving_pod_template(
             "annotations": {A_VERSION: str(version)},
         },
         "spec": {
-            **_pod_spec_common(service_account),
+            **_pod_spec_common(service_account, image_pull_secrets),
             "initContainers": [
                 {
                     "name": "fetch-model",
@@ -327,7 +373,7 @@ def serving_pod_template(
                     ],
                     "env": [
                         {"name": "HOME", "value": "/tmp"},
-                        *oss_env(oss_secret, required=uses_oss(model_store)),
+                        *oss_env(oss_secret, required=uses_oss(model_store), location=oss_location),
                     ],
                     "resources": {
                         "requests": {"cpu": "100m", "memory": "256Mi"},
@@ -363,9 +409,13 @@ def serving_pod_template(
                         "timeoutSeconds": 3,
                         "failureThreshold": 3,
                     },
+                    "startupProbe": {
+                        "tcpSocket": {"port": "http"},
+                        "periodSeconds": STARTUP_PROBE_PERIOD,
+                        "failureThreshold": max(1, math.ceil(startup_timeout_seconds / STARTUP_PROBE_PERIOD)),
+                    },
                     "livenessProbe": {
                         "tcpSocket": {"port": "http"},
-                        "initialDelaySeconds": 15,
                         "periodSeconds": 20,
                         "failureThreshold": 3,
                     },
@@ -400,6 +450,23 @@ def serving_deployment(
 ) -> dict[str, Any]:
     meta_labels = labels("serving", model_name=model_name, version=version, dag_id=dag_id, run_key=run_key)
     meta_labels[L_ENDPOINT] = name
+    if replicas >= 2:
+        # Replicas spread over nodes when the cluster can (preferred, not required: a small cluster still
+        # schedules them all), so one node going down does not take the endpoint with it.
+        template = copy.deepcopy(template)
+        template["spec"]["affinity"] = {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchLabels": serving_selector(name)},
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -422,6 +489,18 @@ def serving_deployment(
     }
 
 
+def _check_source_ranges(source_ranges: list[str]) -> list[str]:
+    import ipaddress
+
+    checked = []
+    for cidr in source_ranges:
+        try:
+            checked.append(str(ipaddress.ip_network(str(cidr).strip(), strict=True)))
+        except ValueError:
+            raise ConfigError("load balancer source range", cidr, "a CIDR such as 203.0.113.0/24") from None
+    return checked
+
+
 def serving_service(
     *,
     name: str,
@@ -431,25 +510,95 @@ def serving_service(
     run_key: str,
     dag_id: str,
     annotations: dict[str, str] | None = None,
+    address_type: str = "intranet",
+    source_ranges: list[str] | None = None,
+    expose_grpc: bool = False,
 ) -> dict[str, Any]:
+    """The endpoint's Service. TF Serving has no authentication: a LoadBalancer is an intranet one
+    (ACK's address-type annotation) unless `address_type="internet"`, which needs `source_ranges` (the
+    clients' CIDRs, as `loadBalancerSourceRanges`); only the REST port unless `expose_grpc`."""
     meta_labels = labels("serving", model_name=model_name, version=None, dag_id=dag_id, run_key=run_key)
     meta_labels[L_ENDPOINT] = name
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": meta_labels}
-    if annotations:
-        metadata["annotations"] = dict(annotations)
+    wanted_annotations = dict(annotations or {})
+    ranges = _check_source_ranges(list(source_ranges or []))
+    spec: dict[str, Any] = {"type": service_type, "selector": serving_selector(name)}
+    if service_type == "LoadBalancer":
+        if address_type not in LB_ADDRESS_TYPES:
+            raise ConfigError("load balancer address type", address_type, " or ".join(LB_ADDRESS_TYPES))
+        given = wanted_annotations.get(A_LB_ADDRESS_TYPE, address_type)
+        if given != address_type:
+            raise ConfigError(
+                f"service annotation {A_LB_ADDRESS_TYPE}",
+                given,
+                f"the address type set by [mlpipe] kubernetes_load_balancer_address_type ({address_type})",
+            )
+        if address_type == "internet" and not ranges:
+            raise ConfigError(
+                "load balancer source ranges",
+                ranges,
+                "the clients' CIDRs ([mlpipe] kubernetes_load_balancer_source_ranges): an internet load "
+                "balancer in front of TF Serving, which has no authentication, must not be open to all",
+            )
+        wanted_annotations[A_LB_ADDRESS_TYPE] = address_type
+        if ranges:
+            spec["loadBalancerSourceRanges"] = ranges
+    if wanted_annotations:
+        metadata["annotations"] = wanted_annotations
+    spec["ports"] = [{"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"}]
+    if expose_grpc:
+        spec["ports"].append({"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"})
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
+
+
+def serving_pdb(*, name: str, namespace: str, model_name: str, run_key: str, dag_id: str) -> dict[str, Any]:
+    """policy/v1 PodDisruptionBudget of an endpoint with replicas >= 2: a node drain evicts one replica at a
+    time (maxUnavailable, so it stays right whatever the replica count)."""
+    meta_labels = labels("serving", model_name=model_name, version=None, dag_id=dag_id, run_key=run_key)
+    meta_labels[L_ENDPOINT] = name
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata,
-        "spec": {
-            "type": service_type,
-            "selector": serving_selector(name),
-            "ports": [
-                {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-            ],
-        },
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": serving_selector(name)}},
     }
+
+
+def _ports(service: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (p.get("name"), p.get("port"), p.get("targetPort"), p.get("protocol", "TCP"))
+        for p in (service.get("spec") or {}).get("ports") or []
+    )
+
+
+def service_patch(existing: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge patch bringing an existing Service to `wanted` (type, selector, ports, source ranges and the
+    annotations `wanted` sets; others are left alone); None when it already is. A Service left by another
+    run or by hand must not keep a public load balancer or a port the settings no longer expose."""
+    have_spec, want_spec = existing.get("spec") or {}, wanted["spec"]
+    have_annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    want_annotations = (wanted["metadata"].get("annotations")) or {}
+    same = (
+        have_spec.get("type") == want_spec["type"]
+        and have_spec.get("selector") == want_spec["selector"]
+        and _ports(existing) == _ports(wanted)
+        and sorted(have_spec.get("loadBalancerSourceRanges") or [])
+        == sorted(want_spec.get("loadBalancerSourceRanges") or [])
+        and all(have_annotations.get(k) == v for k, v in want_annotations.items())
+    )
+    if same:
+        return None
+    spec: dict[str, Any] = {
+        "type": want_spec["type"],
+        "selector": want_spec["selector"],
+        # A merge patch replaces the list: no port of the old spec survives.
+        "ports": want_spec["ports"],
+        "loadBalancerSourceRanges": want_spec.get("loadBalancerSourceRanges"),
+    }
+    patch: dict[str, Any] = {"spec": spec}
+    if want_annotations:
+        patch["metadata"] = {"annotations": dict(want_annotations)}
+    return patch
 
 
 def rollout_patch(deployment: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -463,6 +612,7 @@ def rollout_patch(deployment: dict[str, Any], new: dict[str, Any]) -> list[dict[
     annotations.update(new["metadata"].get("annotations") or {})
     annotations[A_PREVIOUS_VERSION] = str((meta.get("annotations") or {}).get(A_VERSION, ""))
     annotations[A_PREVIOUS_TEMPLATE] = json.dumps(deployment["spec"]["template"], sort_keys=True)
+    annotations[A_PREVIOUS_REPLICAS] = str(deployment["spec"].get("replicas", 1))
     return [
         {"op": "replace", "path": "/spec/template", "value": new["spec"]["template"]},
         {"op": "replace", "path": "/spec/replicas", "value": new["spec"]["replicas"]},
@@ -478,6 +628,7 @@ def rollback_patch(deployment: dict[str, Any]) -> list[dict[str, Any]] | None:
     annotations = dict(meta.get("annotations") or {})
     raw = annotations.pop(A_PREVIOUS_TEMPLATE, None)
     previous_version = annotations.pop(A_PREVIOUS_VERSION, "")
+    previous_replicas = annotations.pop(A_PREVIOUS_REPLICAS, "")
     if not raw:
         return None
     annotations[A_VERSION] = previous_version
@@ -487,8 +638,11 @@ def rollback_patch(deployment: dict[str, Any]) -> list[dict[str, Any]] | None:
     else:
         # The version before is unknown: no label rather than the failed version's.
         meta_labels.pop(L_VERSION, None)
+    patch: list[dict[str, Any]] = [{"op": "replace", "path": "/spec/template", "value": json.loads(raw)}]
+    if previous_replicas.isdigit():
+        patch.append({"op": "replace", "path": "/spec/replicas", "value": int(previous_replicas)})
     return [
-        {"op": "replace", "path": "/spec/template", "value": json.loads(raw)},
+        *patch,
         {"op": "add", "path": "/metadata/labels", "value": meta_labels},
         {"op": "add", "path": "/metadata/annotations", "value": annotations},
     ]

@@ -5,19 +5,34 @@ the clients (the cncf-kubernetes provider's KubernetesHook and AsyncKubernetesHo
 `kubernetes` and `kubernetes_asyncio` clients, configured from an Airflow connection with a kubeconfig).
 
 What is emulated (kmock 0.8 plus the shim below), and therefore NOT tested against a real cluster:
-- no controllers run: nothing creates pods for a Job or ReplicaSets for a Deployment, nothing sets status,
-  nothing garbage-collects (foreground deletion deletes at once). Tests and their "actors" write status,
-  pods and pod logs themselves through `EmulatedCluster`;
+- no controllers run: nothing creates pods for a Job or ReplicaSets for a Deployment, nothing sets status.
+  Tests and their "actors" write status, pods and pod logs themselves through `EmulatedCluster`. The garbage
+  collector's foreground deletion is emulated synchronously: the owner keeps a deletionTimestamp (and the
+  `foregroundDeletion` finalizer) while a dependent (a Job's pods) still has finalizers, and goes with
+  the last of them;
 - server-side metadata (uid, resourceVersion, creationTimestamp, generation bumped on spec changes) is
   added by the shim, not by an apiserver;
-- label selectors: equality terms only; pod logs: served from `set_log` (each line stamped with the time
+- answered as a real apiserver answers them (each has its own test in tests/unit/test_kubernetes_emulator.py):
+  409 Conflict on a write whose `metadata.resourceVersion` (a merge patch's, or a JSON patch's
+  replace/add of `/metadata/resourceVersion`) is not the object's current one; 422 Invalid on a
+  change to an immutable field (a Deployment's `spec.selector`, a Job's `spec.selector`, `spec.template`
+  and `spec.completions`) and on a JSON patch whose `test` fails; `status` written only through the
+  `/status` subresource (a client's create drops it, a patch of the object itself leaves it as it was);
+  the full label selector grammar (`k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`)
+  and 400 BadRequest on a malformed selector; field selectors (`a.b=c`, `!=`) on any field, as for Events;
+- pod logs: served from `set_log` (each line stamped with the time
   `set_log` first saw it), with `timestamps`, `sinceSeconds` and `tailLines` honoured as the kubelet does;
-- no admission, validation or RBAC (the manifests are validated separately with kubernetes-validate);
+- validation beyond the schema as the apiserver does it (422: DNS-1123/1035 names, label keys and values, a
+  Deployment selector that misses its template's labels, requests above limits, port ranges and names) and
+  Pod Security admission of the `restricted` level on Pods (403); workload templates are checked against
+  `restricted` after the fact (`check_sent`), since admission refuses their pods, not them; no RBAC
+  enforcement (checked after the fact too);
 - `watch=True` as the Python clients send it (`True`, not `true`) is normalised, though the runtime polls.
 
-Because the emulator validates nothing, what the runtime SENT is checked after the fact (`check_sent`): every
-object it created, and every object as each of its patches left it, passes `kubernetes-validate --strict`
-for Kubernetes 1.30 and 1.35 (server-side metadata and status stripped first), and every request is one the
+The emulator does not apply the OpenAPI schema itself, so what the runtime SENT is also checked after the fact
+(`check_sent`): every object it created, and every object as each of its patches left it, passes
+`kubernetes-validate --strict` for Kubernetes 1.30 and 1.35 (server-side metadata and status stripped first),
+every pod template meets Pod Security `restricted`, and every request is one the
 Role in deploy/rbac.yaml grants (RBAC's verb derived from the HTTP method and path, as the apiserver does).
 
 Faults (`EmulatedCluster.fail_next`, `reset_next`, `delay_next`) are injected at the HTTP layer, in front of
@@ -47,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.web
+import jsonpatch
 import kmock
 import requests
 
@@ -59,6 +75,8 @@ RESOURCES = {
     "deployments": "apps/v1/deployments",
     "services": "v1/services",
     "pods": "v1/pods",
+    "poddisruptionbudgets": "policy/v1/poddisruptionbudgets",
+    "events": "v1/events",
 }
 
 
@@ -67,6 +85,260 @@ SCHEMA_VERSIONS = ("1.30.0", "1.35.0")
 # Set by the API server, not by the client: stripped before validating what a client sent.
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 RBAC_MANIFEST = Path(__file__).resolve().parents[1] / "deploy" / "rbac.yaml"
+
+# Fields a real apiserver refuses to change (422 "field is immutable"), per resource.
+IMMUTABLE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "deployments": (("spec", "selector"),),
+    "jobs": (("spec", "selector"), ("spec", "template"), ("spec", "completions")),
+}
+# Resources whose status is a subresource: a write to the object itself never changes it.
+STATUS_SUBRESOURCE = frozenset({"deployments", "jobs", "services", "pods", "poddisruptionbudgets"})
+
+# Label selector grammar (k8s.io/apimachinery/pkg/labels): qualified keys, label values.
+_DNS_SUBDOMAIN = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+_LABEL_KEY = rf"(?:{_DNS_SUBDOMAIN}/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?"
+_LABEL_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+_SELECTOR_TERM = re.compile(
+    rf"^\s*(?:(?P<neg>!)\s*(?P<nkey>{_LABEL_KEY})"
+    rf"|(?P<key>{_LABEL_KEY})\s*(?:(?P<op>==|!=|=)\s*(?P<value>{_LABEL_VALUE})"
+    rf"|\s+(?P<setop>in|notin)\s*\((?P<values>[^()]*)\))?)\s*$"
+)
+
+
+class SelectorError(ValueError):
+    pass
+
+
+def parse_selector(selector: str) -> list[tuple[str, str, frozenset[str]]]:
+    """A label selector as (key, operator, values) terms; operator one of =, !=, in, notin, exists, !.
+    Raises SelectorError on anything the apiserver's parser refuses."""
+    terms: list[tuple[str, str, frozenset[str]]] = []
+    if not selector.strip():
+        return terms
+    # Commas separate terms, except inside the parentheses of a set.
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise SelectorError(f"unbalanced ')' in {selector!r}")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise SelectorError(f"unbalanced '(' in {selector!r}")
+    parts.append(current)
+    for part in parts:
+        match = _SELECTOR_TERM.match(part)
+        if match is None:
+            raise SelectorError(f"unable to parse requirement {part!r}")
+        if match["neg"]:
+            terms.append((match["nkey"], "!", frozenset()))
+        elif match["op"]:
+            terms.append((match["key"], "!=" if match["op"] == "!=" else "=", frozenset({match["value"]})))
+        elif match["setop"]:
+            values = [v.strip() for v in match["values"].split(",")]
+            if not all(re.fullmatch(_LABEL_VALUE, v) for v in values):
+                raise SelectorError(f"invalid value in {part!r}")
+            terms.append((match["key"], match["setop"], frozenset(values)))
+        else:
+            terms.append((match["key"], "exists", frozenset()))
+    return terms
+
+
+def selector_matches(terms: list[tuple[str, str, frozenset[str]]], labels: dict[str, str]) -> bool:
+    for key, op, values in terms:
+        present, value = key in labels, labels.get(key)
+        ok = {
+            "=": present and value in values,
+            "!=": not present or value not in values,
+            "in": present and value in values,
+            "notin": not present or value not in values,
+            "exists": present,
+            "!": not present,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS_SUBDOMAIN}$")
+_IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# Name rules per resource (k8s.io/kubernetes/pkg/apis/*/validation): Services are DNS-1035 labels, Jobs
+# DNS-1123 labels (their name becomes a label value), the others DNS-1123 subdomains.
+_NAME_RULES: dict[str, tuple[re.Pattern[str], int, str]] = {
+    "services": (_DNS1035_LABEL, 63, "a DNS-1035 label"),
+    "jobs": (_DNS1123_LABEL, 63, "a DNS-1123 label"),
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIX = {
+    "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def quantity(value: object) -> float:
+    match = _QUANTITY.match(str(value))
+    if match is None:
+        raise ValueError(f"quantities must match the regular expression {_QUANTITY.pattern}")
+    return float(match[1]) * _SUFFIX[match[2] or ""]
+
+
+def _pod_specs(plural: str, obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(field path, pod spec) of an object: a Pod's own spec, a workload's template."""
+    if plural == "pods":
+        return [("spec", obj.get("spec") or {})]
+    template = _dig(obj, ("spec", "template"))
+    if plural in ("jobs", "deployments") and isinstance(template, dict):
+        return [("spec.template.spec", template.get("spec") or {})]
+    return []
+
+
+def _label_errors(path: str, labels: object) -> list[str]:
+    errors = []
+    for key, value in (labels or {}).items() if isinstance(labels, dict) else []:
+        if not re.fullmatch(_LABEL_KEY, str(key)):
+            errors.append(
+                f"{path}: Invalid value: {key!r}: name part must consist of alphanumeric characters"
+            )
+        if len(str(value)) > 63 or not re.fullmatch(_LABEL_VALUE, str(value)):
+            errors.append(
+                f"{path}: Invalid value: {value!r}: a valid label must be an empty string or 63 chars"
+            )
+    return errors
+
+
+def _port_errors(path: str, port: object, *, names_allowed: bool) -> list[str]:
+    if isinstance(port, int):
+        return [] if 1 <= port <= 65535 else [f"{path}: Invalid value: {port}: must be between 1 and 65535"]
+    if names_allowed and isinstance(port, str) and len(port) <= 15 and _IANA_SVC_NAME.match(port):
+        return []
+    return [f"{path}: Invalid value: {port!r}: must be a port number or an IANA_SVC_NAME"]
+
+
+def object_errors(plural: str, obj: dict[str, Any]) -> list[str]:
+    """What the apiserver's validation refuses beyond the OpenAPI schema (422 Invalid): names, labels,
+    a Deployment selector that misses its template's labels, requests above limits, port ranges."""
+    errors: list[str] = []
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    pattern, max_len, what = _NAME_RULES.get(plural, (_DNS1123_SUBDOMAIN, 253, "a DNS-1123 subdomain"))
+    if len(name) > max_len or not pattern.match(name):
+        errors.append(
+            f"metadata.name: Invalid value: {name!r}: must be {what} of at most {max_len} characters"
+        )
+    errors += _label_errors("metadata.labels", meta.get("labels"))
+    template_labels = _dig(obj, ("spec", "template", "metadata", "labels"))
+    errors += _label_errors("spec.template.metadata.labels", template_labels)
+    if plural == "deployments":
+        wanted = _dig(obj, ("spec", "selector", "matchLabels")) or {}
+        if not wanted or any((template_labels or {}).get(k) != v for k, v in wanted.items()):
+            errors.append(
+                "spec.template.metadata.labels: Invalid value: `selector` does not match template `labels`"
+            )
+    for path, spec in _pod_specs(plural, obj):
+        for kind in ("initContainers", "containers"):
+            for i, container in enumerate(spec.get(kind) or []):
+                where = f"{path}.{kind}[{i}]"
+                if not _DNS1123_LABEL.match(str(container.get("name") or "")):
+                    errors.append(f"{where}.name: Invalid value: {container.get('name')!r}: a DNS-1123 label")
+                resources = container.get("resources") or {}
+                requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+                for resource, limit in limits.items():
+                    try:
+                        above = resource in requests and quantity(requests[resource]) > quantity(limit)
+                    except ValueError as err:
+                        errors.append(f"{where}.resources: Invalid value: {err}")
+                        continue
+                    if above:
+                        errors.append(
+                            f"{where}.resources.requests: Invalid value: {requests[resource]!r}: must be less "
+                            f"than or equal to {resource} limit of {limit}"
+                        )
+                for j, port in enumerate(container.get("ports") or []):
+                    errors += _port_errors(
+                        f"{where}.ports[{j}].containerPort", port.get("containerPort"), names_allowed=False
+                    )
+                    if "name" in port and not (
+                        len(port["name"]) <= 15 and _IANA_SVC_NAME.match(port["name"])
+                    ):
+                        errors.append(
+                            f"{where}.ports[{j}].name: Invalid value: {port['name']!r}: an IANA_SVC_NAME"
+                        )
+    if plural == "services":
+        for j, port in enumerate(_dig(obj, ("spec", "ports")) or []):
+            errors += _port_errors(f"spec.ports[{j}].port", port.get("port"), names_allowed=False)
+            if "targetPort" in port:
+                errors += _port_errors(f"spec.ports[{j}].targetPort", port["targetPort"], names_allowed=True)
+    return errors
+
+
+_RESTRICTED_VOLUMES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+)
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What the Pod Security `restricted` profile (latest) refuses in a pod spec
+    (https://kubernetes.io/docs/concepts/security/pod-security-standards/)."""
+    violations: list[str] = []
+    pod_sc = spec.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            violations.append(f"host namespaces ({flag}=true)")
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUMES:
+            violations.append(f"restricted volume types (volume {volume.get('name')!r} uses {sorted(kinds)})")
+    if pod_sc.get("runAsUser") == 0:
+        violations.append("runAsUser=0 (pod)")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    for container in containers:
+        name = container.get("name")
+        sc = container.get("securityContext") or {}
+        if sc.get("privileged"):
+            violations.append(f"privileged (container {name!r})")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            violations.append(f"allowPrivilegeEscalation != false (container {name!r})")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            violations.append(f"unrestricted capabilities (container {name!r} must drop ALL)")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            violations.append(f"unrestricted capabilities (container {name!r} adds {caps.get('add')})")
+        run_as_non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        if run_as_non_root is not True:
+            violations.append(f"runAsNonRoot != true (container {name!r})")
+        if sc.get("runAsUser") == 0:
+            violations.append(f"runAsUser=0 (container {name!r})")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            violations.append(f"seccompProfile (container {name!r} must use RuntimeDefault or Localhost)")
+        if any(p.get("hostPort") for p in container.get("ports") or []):
+            violations.append(f"hostPort (container {name!r})")
+    return violations
+
+
+def _dig(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
 
 # Status reasons of the API server, for the Status bodies of injected errors.
 _REASONS = {
@@ -194,7 +466,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if verb == "delete" and isinstance(request.data, dict) and request.data.get("propagationPolicy"):
                 verb = f"delete({request.data['propagationPolicy']})"
             self.calls.append((verb, str(request.resource.plural), name))
+            if request.action == kmock.action.UPDATE and request.name:
+                await self._check_update(request)
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                self._admit(str(request.resource.plural), request.data)
+                if str(request.resource.plural) in STATUS_SUBRESOURCE:
+                    # The apiserver resets the status of a created object: only controllers set it.
+                    request.data.pop("status", None)
                 self.received.append(("create", json.loads(json.dumps(request.data))))
                 meta = request.data.setdefault("metadata", {})
                 meta.setdefault("namespace", request.namespace)
@@ -204,13 +482,159 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     creationTimestamp=_now(),
                     generation=1,
                 )
-        return await super()._handle(request)
+            if verb == "delete(Foreground)" and request.name:
+                await self._foreground(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if request.resource is not None:
+                await self._collect_garbage()
+
+    def _dependents(self, resource: Any, namespace: str, name: str) -> list[Any]:
+        """Keys of the objects `name` owns: by ownerReferences, and a Job's pods by their job-name label
+        (the emulated pods carry no ownerReferences)."""
+        plural, kind = str(resource.plural), None
+        kind = {"jobs": "Job", "deployments": "Deployment"}.get(plural)
+        found = []
+        for key in list(self._objects):
+            if key[1] != namespace or self._objects[key].deleted:
+                continue
+            meta = self._objects[key].get("metadata", {}) or {}
+            owned = any(
+                ref.get("name") == name and ref.get("kind") == kind
+                for ref in meta.get("ownerReferences") or []
+            )
+            if plural == "jobs" and str(key[0]) == str(kmock.resource(RESOURCES["pods"])):
+                owned = owned or (meta.get("labels") or {}).get("job-name") == name
+            if owned:
+                found.append(key)
+        return found
+
+    async def _foreground(self, request: Any) -> None:
+        """Foreground deletion: the owner stays, with a deletionTimestamp and the `foregroundDeletion`
+        finalizer, until its dependents are gone; dependents without finalizers go at once, those with
+        finalizers wait for them to be removed (as the garbage collector does, synchronously here)."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                return
+            dependents = self._dependents(request.resource, request.namespace, request.name)
+            if not dependents:
+                return  # nothing to wait for: deleted at once
+            owner = self._objects[key]
+            finalizers = list((owner.get("metadata", {}) or {}).get("finalizers") or [])
+            if "foregroundDeletion" not in finalizers:
+                owner.patch({"metadata": {"finalizers": [*finalizers, "foregroundDeletion"]}})
+            for dependent_key in dependents:
+                dependent = self._objects[dependent_key]
+                meta = dependent.get("metadata", {}) or {}
+                if not meta.get("finalizers"):
+                    dependent.delete()
+                elif not meta.get("deletionTimestamp"):
+                    dependent.patch({"metadata": {"deletionTimestamp": _now()}})
+
+    async def _collect_garbage(self) -> None:
+        """Finish the foreground deletions whose dependents are gone."""
+        async with self._lock:
+            for key in list(self._objects):
+                obj = self._objects[key]
+                if obj.deleted:
+                    continue
+                meta = obj.get("metadata", {}) or {}
+                if not meta.get("deletionTimestamp") or "foregroundDeletion" not in (
+                    meta.get("finalizers") or []
+                ):
+                    continue
+                if not self._dependents(key[0], key[1], key[2]):
+                    rest = [f for f in meta.get("finalizers") or [] if f != "foregroundDeletion"]
+                    obj.patch({"metadata": {"finalizers": rest or None}})
+                    if not rest:
+                        obj.delete()
+
+    @staticmethod
+    def _admit(plural: str, obj: dict[str, Any]) -> None:
+        """Validation (422 Invalid) and, for a Pod, Pod Security admission of the namespace's `restricted`
+        level (403 Forbidden), as the apiserver does before storing an object."""
+        errors = object_errors(plural, obj)
+        if errors:
+            name = (obj.get("metadata") or {}).get("name")
+            raise kmock.KubernetesError(
+                status=422, reason="Invalid", message=f'{plural} "{name}" is invalid: ' + "; ".join(errors)
+            )
+        if plural == "pods":
+            violations = restricted_violations(obj.get("spec") or {})
+            if violations:
+                name = (obj.get("metadata") or {}).get("name")
+                raise kmock.KubernetesError(
+                    status=403,
+                    reason="Forbidden",
+                    message=f'pods "{name}" is forbidden: violates PodSecurity "restricted:latest": '
+                    + ", ".join(violations),
+                )
+
+    async def _check_update(self, request: Any) -> None:
+        """Refuse a patch as the apiserver would: a stale resourceVersion (409), a change to an immutable
+        field or a failed JSON patch test (422)."""
+        plural = str(request.resource.plural)
+        async with self._lock:
+            key = (request.resource, request.namespace, request.name)
+            if key not in self._objects or self._objects[key].deleted:
+                return  # kmock answers 404
+            obj = self._objects[key]
+            current = json.loads(json.dumps(obj.raw))
+        data = request.data
+        wanted_rv: str | None = None
+        if isinstance(data, dict):
+            wanted_rv = (data.get("metadata") or {}).get("resourceVersion")
+            patched = _merge(current, data)
+        else:
+            # A replace/add of the resourceVersion is a precondition (409 when stale); a `test` of it is
+            # an ordinary JSON patch test (422 when it fails), as the apiserver applies them.
+            for op in data or []:
+                if op.get("path") == "/metadata/resourceVersion" and op.get("op") in ("replace", "add"):
+                    wanted_rv = op.get("value")
+            kept = [
+                op for op in data if op.get("path") != "/metadata/resourceVersion" or op.get("op") == "test"
+            ]
+            try:
+                patched = jsonpatch.apply_patch(current, kept)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                raise kmock.KubernetesError(
+                    status=422, reason="Invalid", message=f"the JSON patch failed: {err}"
+                ) from None
+        kind = plural.rstrip("s")
+        if wanted_rv is not None and str(wanted_rv) != str(current["metadata"].get("resourceVersion")):
+            raise kmock.KubernetesError(
+                status=409,
+                reason="Conflict",
+                message=f'Operation cannot be fulfilled on {plural} "{request.name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+            )
+        if request.subresource is None:
+            for path in IMMUTABLE_FIELDS.get(plural, ()):
+                if _dig(patched, path) != _dig(current, path):
+                    raise kmock.KubernetesError(
+                        status=422,
+                        reason="Invalid",
+                        message=f'{kind} "{request.name}" is invalid: {".".join(path)}: Invalid value: '
+                        f"{json.dumps(_dig(patched, path))}: field is immutable",
+                    )
+            self._admit(plural, patched)
 
     async def _serve_update(self, request: Any) -> Any:
         async with self._lock:
             obj = self._objects[request.resource, request.namespace, request.name]
             history = [v for v in obj.history if v is not None]
             before = history[-2].raw if len(history) > 1 else {}
+            if (
+                request.subresource is None
+                and str(request.resource.plural) in STATUS_SUBRESOURCE
+                and before.get("status") != obj.last.raw.get("status")
+            ):
+                # A write to the object itself never changes its status (only /status does).
+                obj.patch({"status": None})
+                if before.get("status") is not None:
+                    obj.patch({"status": json.loads(json.dumps(before["status"]))})
             meta = dict(obj.last.raw.get("metadata") or {})
             changes: dict[str, Any] = {"resourceVersion": str(next(self._rv))}
             if request.subresource != "status" and before.get("spec") != obj.last.raw.get("spec"):
@@ -222,13 +646,27 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return result
 
     async def _serve_list(self, request: Any) -> Any:
-        body = await super()._serve_list(request)
         selector = request.params.get("labelSelector") or ""
-        terms = [term.split("=", 1) for term in selector.split(",") if "=" in term]
+        try:
+            terms = parse_selector(str(selector))
+        except SelectorError as err:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message=f"unable to parse requirement: {err}"
+            ) from None
+        fields = []
+        for term in filter(None, str(request.params.get("fieldSelector") or "").split(",")):
+            match = re.fullmatch(r"\s*([A-Za-z0-9.]+)\s*(==|!=|=)\s*([^,=!]*)\s*", term)
+            if match is None:
+                raise kmock.KubernetesError(
+                    status=400, reason="BadRequest", message=f"invalid field selector: {term!r}"
+                )
+            fields.append((tuple(match[1].split(".")), match[2] == "!=", match[3]))
+        body = await super()._serve_list(request)
         body["items"] = [
             item
             for item in body["items"]
-            if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in terms)
+            if selector_matches(terms, (item.get("metadata") or {}).get("labels") or {})
+            and all((str(_dig(item, path) or "") == value) != negated for path, negated, value in fields)
         ]
         return body
 
@@ -252,6 +690,19 @@ class ClusterEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 f"{_rfc3339nano(when)} {line}\n" if stamped else f"{line}\n" for when, line in shown
             ).encode()
         return await super()._serve_fetch(request)
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what `application/merge-patch+json` does)."""
+    if not isinstance(patch, dict):
+        return json.loads(json.dumps(patch))
+    result = json.loads(json.dumps(target)) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
 
 
 def _rfc3339nano(when: datetime.datetime) -> str:
@@ -315,6 +766,14 @@ def check_sent(cluster: EmulatedCluster) -> int:
                 raise AssertionError(
                     f"{how} {kind} {name} is invalid for Kubernetes {version}: {err}"
                 ) from err
+    # Pod Security admission checks Pods, not the workloads that make them: a template that violates the
+    # namespace's `restricted` level (deploy/namespace.yaml) is stored, and every pod made from it refused.
+    for how, obj in sent:
+        plural = {"Job": "jobs", "Deployment": "deployments"}.get(str(obj.get("kind")), "")
+        for path, spec in _pod_specs(plural, obj):
+            violations = restricted_violations(spec)
+            name = (obj.get("metadata") or {}).get("name")
+            assert not violations, f"{how} {obj.get('kind')} {name}: {path} violates restricted: {violations}"
     denied = cluster.rbac_requests() - role_grants()
     assert not denied, f"requests the Role in {RBAC_MANIFEST.name} does not grant: {sorted(denied)}"
     return len(sent)

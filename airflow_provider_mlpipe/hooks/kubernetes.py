@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.bases.hook import BaseHook
 
 from airflow_provider_mlpipe import config
-from airflow_provider_mlpipe.exceptions import KubernetesRuntimeError, RetriesExhausted
+from airflow_provider_mlpipe.exceptions import KubernetesConflict, KubernetesRuntimeError, RetriesExhausted
 from airflow_provider_mlpipe.hooks import kubernetes_common as common
 from airflow_provider_mlpipe.retries import RetryPolicy, call_with_retry
 
@@ -152,6 +152,22 @@ class KubernetesResourceHook(BaseHook):
             return None
         return common.parse_json(data)
 
+    def get_live(self, kind: str, name: str) -> dict[str, Any] | None:
+        """`get`, except that an object being deleted (a deletionTimestamp) is waited out and reported as
+        absent: adopting or patching it would hand the caller something the garbage collector removes."""
+        obj = self.get(kind, name)
+        if obj is not None and common.being_deleted(obj):
+            self.log.info(
+                "%s %s/%s is being deleted (since %s): waiting until it is gone",
+                kind,
+                self.namespace,
+                name,
+                obj["metadata"]["deletionTimestamp"],
+            )
+            self.wait_deleted(kind, name)
+            return None
+        return obj
+
     def create_or_adopt(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create `body`, or return the object of that name that already exists. Returns (object, created).
 
@@ -162,7 +178,7 @@ class KubernetesResourceHook(BaseHook):
         from kubernetes.client.exceptions import ApiException
 
         kind, name = body["kind"], body["metadata"]["name"]
-        existing = self.get(kind, name)
+        existing = self.get_live(kind, name)
         if existing is not None:
             self.log.info("Adopting existing %s %s/%s", kind, self.namespace, name)
             return existing, False
@@ -179,6 +195,10 @@ class KubernetesResourceHook(BaseHook):
             )
         except ApiException:
             adopted = self.get(kind, name)
+            if common.being_deleted(adopted):
+                # Deleted between the GET and the create: wait for it to go, then create ours.
+                self.wait_deleted(kind, name)
+                return self.create_or_adopt(body)
             if adopted is None:
                 raise KubernetesRuntimeError(
                     f"{kind} {self.namespace}/{name} conflicted on create (409) but cannot be read"
@@ -194,18 +214,45 @@ class KubernetesResourceHook(BaseHook):
         self.log.info("Created %s %s/%s", kind, self.namespace, name)
         return created, True
 
-    def patch(self, kind: str, name: str, patch: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    def patch(
+        self,
+        kind: str,
+        name: str,
+        patch: list[Any] | dict[str, Any],
+        *,
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Patch `kind`/`name`. With `resource_version` (the one the patch was computed from) the patch
+        applies only to that version of the object: if it changed since (another task's write), the API
+        answers 409 and this raises KubernetesConflict, for the caller to read it again and decide."""
+        from kubernetes.client.exceptions import ApiException
+
+        if resource_version:
+            # Optimistic concurrency, as the apiserver does it for any write carrying a resourceVersion.
+            if isinstance(patch, list):
+                guard = {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version}
+                patch = [guard, *patch]
+            else:
+                meta = {**(patch.get("metadata") or {}), "resourceVersion": resource_version}
+                patch = {**patch, "metadata": meta}
         api, suffix = self._api(kind)
-        return common.parse_json(
-            self._call(
-                common.call_name("patch", kind, self.namespace, name),
+        what = common.call_name("patch", kind, self.namespace, name)
+        try:
+            data = self._call(
+                what,
                 getattr(api, f"patch_{suffix}"),
                 name,
                 self.namespace,
                 patch,
                 _content_type=_patch_content_type(patch),
+                passthrough=(409,),
             )
-        )
+        except ApiException:
+            raise KubernetesConflict(
+                f"{what} (computed from resourceVersion {resource_version}) failed: HTTP 409, the object "
+                "changed since it was read"
+            ) from None
+        return common.parse_json(data)
 
     def delete(self, kind: str, name: str, *, propagation: str = "Foreground") -> bool:
         """Delete; True if it existed. Foreground: the Job's pods go before the Job does."""

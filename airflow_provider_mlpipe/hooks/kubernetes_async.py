@@ -143,6 +143,19 @@ class AsyncKubernetesResourceHook(BaseHook):
             )
         return [] if data is None else list(common.parse_json(data).get("items") or [])
 
+    async def list_events(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """Events about object `kind`/`name` (core/v1, by field selector on involvedObject): why a Job
+        creates no pod (FailedCreate: a quota, a Pod Security rejection) lives only there."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        async with self._api("Event") as (api, _):
+            data = await self._call(
+                f"list Events in {self.namespace} about {kind} {name}",
+                api.list_namespaced_event,
+                self.namespace,
+                field_selector=selector,
+            )
+        return [] if data is None else list(common.parse_json(data).get("items") or [])
+
     async def pod_log(
         self,
         name: str,

@@ -19,6 +19,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "Service": ("CoreV1Api", "namespaced_service"),
     "Pod": ("CoreV1Api", "namespaced_pod"),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
+    "Event": ("CoreV1Api", "namespaced_event"),
 }
 # Seconds to wait for the answer to one API call (the provider's default too): a half-open connection must
 # fail the attempt, not hang the task.
@@ -36,6 +38,12 @@ def api_name(kind: str) -> tuple[str, str]:
         raise KubernetesRuntimeError(
             f"unsupported kind {kind!r}: expected one of {', '.join(KINDS)}"
         ) from None
+
+
+def being_deleted(obj: dict[str, Any] | None) -> bool:
+    """Whether `obj` carries a deletionTimestamp: it is going away (finalizers, foreground deletion of its
+    dependents) and must not be adopted or patched."""
+    return bool(((obj or {}).get("metadata") or {}).get("deletionTimestamp"))
 
 
 def delete_options(propagation: str) -> dict[str, Any]:

@@ -67,6 +67,58 @@ def pod_problems(pods: Iterable[dict[str, Any]]) -> list[str]:
     return problems
 
 
+# Waiting reasons that do not go away by waiting: a bad image or registry credentials, a missing Secret key.
+STUCK_WAITING = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    meta = event.get("metadata") or {}
+    return str(event.get("lastTimestamp") or event.get("eventTime") or meta.get("creationTimestamp") or "")
+
+
+def stuck_reasons(pods: Iterable[dict[str, Any]], job_events: Iterable[dict[str, Any]]) -> list[str]:
+    """Why a Job's training has not started: pods not scheduled (`PodScheduled=False`: no GPU capacity, a
+    node selector nothing matches, taints), pods whose containers cannot be created (STUCK_WAITING), or, with
+    no pod at all, the Job's newest Warning event (FailedCreate: a ResourceQuota, a Pod Security
+    rejection). Empty when nothing says it is stuck; a pod past Pending is never stuck."""
+    pods = list(pods)
+    reasons: list[str] = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        if status.get("phase") not in (None, "Pending"):
+            continue
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                reasons.append(
+                    f"{name} not scheduled: {cond.get('reason') or 'Unschedulable'}"
+                    + (f": {cond['message']}" if cond.get("message") else "")
+                )
+        for cs in list(status.get("initContainerStatuses") or []) + list(
+            status.get("containerStatuses") or []
+        ):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING:
+                reasons.append(
+                    f"{name}/{cs.get('name')}: {waiting['reason']}"
+                    + (f": {waiting['message']}" if waiting.get("message") else "")
+                )
+    if not pods:
+        warnings = sorted((e for e in job_events if e.get("type") == "Warning"), key=_event_time)
+        if warnings:
+            newest = warnings[-1]
+            reasons.append(f"{newest.get('reason') or 'Warning'}: {newest.get('message') or ''}".rstrip(": "))
+    return reasons
+
+
 def newest_pod(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     ordered = sorted(
         pods, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", p["metadata"]["name"])

@@ -95,14 +95,23 @@ class OssCredentials:
             )
         return cls(key_id, secret, region, endpoint)
 
-    def as_env(self) -> dict[str, str]:
-        """The variables a child process (trainer, fetch step) needs to open the same store."""
-        env = {ENV_ACCESS_KEY_ID: self.access_key_id, ENV_ACCESS_KEY_SECRET: self.access_key_secret}
+    def location_env(self) -> dict[str, str]:
+        """Where the bucket lives (`OSS_REGION`, `OSS_ENDPOINT`), as set: not secret, so a pod may get it
+        as a plain value."""
+        env = {}
         if self.region:
             env[ENV_REGION] = self.region
         if self.endpoint:
             env[ENV_ENDPOINT] = self.endpoint
         return env
+
+    def as_env(self) -> dict[str, str]:
+        """The variables a child process (trainer, fetch step) needs to open the same store."""
+        return {
+            ENV_ACCESS_KEY_ID: self.access_key_id,
+            ENV_ACCESS_KEY_SECRET: self.access_key_secret,
+            **self.location_env(),
+        }
 
 
 def parse_oss_uri(uri: str, field: str = "model_store") -> tuple[str, str]:
@@ -154,6 +163,8 @@ class OssBackend:
         self.prefix = prefix.strip("/")
         self.uri = f"oss://{bucket}/{self.prefix}" if self.prefix else f"oss://{bucket}"
         self.endpoint = credentials.endpoint_url
+        # The region / endpoint as configured: what a pod opening the same bucket is given.
+        self.location = credentials.location_env()
         self.multipart_threshold = multipart_threshold or _env_int(
             ENV_MULTIPART_THRESHOLD, DEFAULT_MULTIPART_THRESHOLD, 1
         )

@@ -187,6 +187,11 @@ class KubeTrainJobOperator(StoreOperator, RuntimeOperator):
                 f"{where} did not finish in time ({self.training_timeout}) and was stopped: {runtime.reason(outcome)}; "
                 f"last output:\n{tail}"
             )
+        if outcome.details.get("stuck"):
+            # The Job itself would wait for capacity until its deadline: stopped, so that a retry starts a
+            # fresh one rather than adopting this one.
+            runtime.stop_training(handle)
+            raise TrainingError(f"{where} could not start and was stopped: {runtime.reason(outcome)}")
         raise TrainingError(f"{where} failed: {runtime.reason(outcome)}; last output:\n{tail}")
 
     def execute_complete_kubernetes(

@@ -9,12 +9,13 @@ template.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlpipe import config, manifests
-from airflow_provider_mlpipe.exceptions import ConfigError
+from airflow_provider_mlpipe.exceptions import ConfigError, KubernetesConflict, ServingError
 from airflow_provider_mlpipe.hooks.kubernetes import KubernetesResourceHook
 from airflow_provider_mlpipe.hooks.kubernetes_status import FAILED as JOB_FAILED
 from airflow_provider_mlpipe.hooks.kubernetes_status import SUCCEEDED as JOB_SUCCEEDED
@@ -34,6 +35,9 @@ from airflow_provider_mlpipe.triggers.kubernetes_job import KubernetesJobTrigger
 from airflow_provider_mlpipe.triggers.kubernetes_serving import KubernetesServingTrigger
 from airflow_provider_mlpipe.validation import check_hyperparameters
 
+if TYPE_CHECKING:
+    from airflow_provider_mlpipe.modelstore import ModelStore
+
 # activeDeadlineSeconds ends a Job first; the trigger's deadline, this much later, catches a Job stuck
 # without a verdict, and the task's backstop (later still) a triggerer that is down.
 TRAINING_TRIGGER_GRACE = timedelta(minutes=10)
@@ -42,6 +46,8 @@ TRAINING_BACKSTOP = timedelta(minutes=15)
 # reason) normally arrives first.
 SERVING_TRIGGER_GRACE = timedelta(minutes=1)
 SERVING_BACKSTOP = timedelta(minutes=2)
+# How often a guarded patch is recomputed from a fresh read after a 409 before giving up.
+CONFLICT_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,33 @@ def check_replicas(replicas: object) -> int:
     if count < 1:
         raise ConfigError("replicas", replicas, "an integer >= 1")
     return count
+
+
+def _store_location(store: ModelStore) -> dict[str, str]:
+    return dict(getattr(store.backend, "location", None) or {})
+
+
+def pod_oss_location(
+    uris: tuple[str | None, ...], store_location: Callable[[], dict[str, str]]
+) -> dict[str, str]:
+    """`OSS_REGION` / `OSS_ENDPOINT` for pods that read `uris`: `[mlpipe] kubernetes_oss_region` /
+    `kubernetes_oss_endpoint` when either is set, else the store's own settings (the `oss` connection's
+    extras `region` / `endpoint`, or the OSS_* environment of Airflow's worker); {} when nothing is on OSS.
+
+    Without them the trainer and the fetch step stop at start-up ("missing OSS_REGION"), after the image
+    pull and the scheduling wait: refused here instead, before anything is created.
+    """
+    if not manifests.uses_oss(*uris):
+        return {}
+    location = config.kubernetes_oss_location() or store_location()
+    if not location:
+        raise ConfigError(
+            "OSS region",
+            None,
+            "the oss connection's extra region or endpoint, or [mlpipe] kubernetes_oss_region / "
+            "kubernetes_oss_endpoint: the pods need to know where the bucket lives",
+        )
+    return location
 
 
 class KubernetesRuntime(Runtime):
@@ -125,7 +158,17 @@ class KubernetesRuntime(Runtime):
             active_deadline_seconds=int(spec.timeout.total_seconds()),
             ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
             service_account=config.kubernetes_service_account(),
+            oss_location=pod_oss_location(
+                (spec.store.store.uri, spec.dataset), lambda: self._training_store_location(spec)
+            ),
+            image_pull_secrets=config.kubernetes_image_pull_secrets(),
         )
+
+    @staticmethod
+    def _training_store_location(spec: TrainingSpec) -> dict[str, str]:
+        # The model store's backend already read the connection; a file:// store with an oss:// dataset
+        # reads it here.
+        return _store_location(spec.store.store) or spec.store.oss_credentials().location_env()
 
     @staticmethod
     def _training_handle(namespace: str, job_name: str) -> Handle:
@@ -136,7 +179,7 @@ class KubernetesRuntime(Runtime):
         name = manifests.train_job_name(spec.model_name, version, run_key)
         # Built (and so validated: digest pinning, GPUs) before anything is written to the cluster.
         body = self.job_manifest(spec, version=version, run_key=run_key, name=name)
-        existing = hook.get("Job", name)
+        existing = hook.get_live("Job", name)
         if existing is not None and job_state(existing)[0] == JOB_FAILED:
             # A retry after the Job failed: start over with a fresh Job of the same name.
             log.info("Job %s/%s failed in an earlier attempt: replacing it", hook.namespace, name)
@@ -162,6 +205,7 @@ class KubernetesRuntime(Runtime):
             timeout_at=self.deadline(spec.timeout + TRAINING_TRIGGER_GRACE),
             poll_interval=spec.poll_interval,
             transient_retry=self.retry.as_conf(),
+            stuck_after=config.kubernetes_stuck_timeout(),
         )
         return TrainingStarted(handle, Wait(trigger, spec.timeout + TRAINING_BACKSTOP))
 
@@ -184,9 +228,6 @@ class KubernetesRuntime(Runtime):
     def deploy_serving(self, spec: ServingSpec, *, name: str, version: int, run_key: str) -> ServingStarted:
         hook = self.kube_hook
         name = manifests.serving_name(name)
-        deployment = hook.get("Deployment", name)
-        annotations = _annotations(deployment)
-        serving = _int_or_none(annotations.get(manifests.A_VERSION))
         template = manifests.serving_pod_template(
             name=name,
             model_name=spec.model_name,
@@ -198,7 +239,11 @@ class KubernetesRuntime(Runtime):
             cpu=str(spec.cpu),
             memory=str(spec.memory),
             service_account=config.kubernetes_service_account(),
+            oss_location=pod_oss_location((spec.store.uri,), lambda: _store_location(spec.store)),
+            startup_timeout_seconds=int(spec.ready_timeout.total_seconds()),
+            image_pull_secrets=config.kubernetes_image_pull_secrets(),
         )
+        replicas = check_replicas(spec.replicas)
         desired = manifests.serving_deployment(
             name=name,
             namespace=hook.namespace,
@@ -208,31 +253,40 @@ class KubernetesRuntime(Runtime):
             run_key=run_key,
             dag_id=spec.dag_id,
             template=template,
-            replicas=check_replicas(spec.replicas),
+            replicas=replicas,
             progress_deadline_seconds=int(spec.ready_timeout.total_seconds()),
         )
-        if deployment is None:
-            deployment, _ = hook.create_or_adopt(desired)
-            previous = None
-        elif serving == version:
-            # A retried task, or this version is already live: wait on what is there.
-            log.info("%s/%s already runs %s v%s: adopting it", hook.namespace, name, spec.model_name, version)
-            previous = _int_or_none(annotations.get(manifests.A_PREVIOUS_VERSION))
-        else:
-            log.info("%s/%s runs v%s: rolling out v%s", hook.namespace, name, serving, version)
-            deployment = hook.patch("Deployment", name, manifests.rollout_patch(deployment, desired))
-            previous = serving
-        service, _ = hook.create_or_adopt(
-            manifests.serving_service(
-                name=name,
-                namespace=hook.namespace,
-                service_type=spec.service_type or config.kubernetes_service_type(spec.endpoint),
-                model_name=spec.model_name,
-                run_key=run_key,
-                dag_id=spec.dag_id,
-                annotations=spec.service_annotations,
-            )
+        # Built (and so checked: load balancer settings) before anything is written to the cluster.
+        wanted_service = manifests.serving_service(
+            name=name,
+            namespace=hook.namespace,
+            service_type=spec.service_type or config.kubernetes_service_type(spec.endpoint),
+            model_name=spec.model_name,
+            run_key=run_key,
+            dag_id=spec.dag_id,
+            annotations=spec.service_annotations,
+            address_type=config.kubernetes_load_balancer_address_type(),
+            source_ranges=config.kubernetes_load_balancer_source_ranges(),
+            expose_grpc=config.kubernetes_expose_grpc(),
         )
+        deployment, previous = self._roll_out(desired, version)
+        if replicas >= 2:
+            hook.create_or_adopt(
+                manifests.serving_pdb(
+                    name=name,
+                    namespace=hook.namespace,
+                    model_name=spec.model_name,
+                    run_key=run_key,
+                    dag_id=spec.dag_id,
+                )
+            )
+        service, created = hook.create_or_adopt(wanted_service)
+        drift = None if created else manifests.service_patch(service, wanted_service)
+        if drift is not None:
+            log.info(
+                "Service %s/%s differs from the settings: patching it to %s", hook.namespace, name, drift
+            )
+            service = hook.patch("Service", name, drift)
         wait_for_address = (service.get("spec") or {}).get("type") == "LoadBalancer"
         timeout = spec.ready_timeout * (2 if wait_for_address else 1) + SERVING_TRIGGER_GRACE
         trigger = KubernetesServingTrigger(
@@ -243,12 +297,53 @@ class KubernetesRuntime(Runtime):
             generation=int((deployment.get("metadata") or {}).get("generation") or 0),
             pod_selector={**manifests.serving_selector(name), manifests.L_VERSION: str(version)},
             wait_for_address=wait_for_address,
+            version=str(version),
             timeout_at=self.deadline(timeout),
             poll_interval=spec.poll_interval,
             transient_retry=self.retry.as_conf(),
         )
         handle = self._serving_handle(hook.namespace, name, version, previous)
         return ServingStarted(handle, previous, Wait(trigger, timeout + SERVING_BACKSTOP))
+
+    def _roll_out(self, desired: dict[str, Any], version: int) -> tuple[dict[str, Any], int | None]:
+        """Create the Deployment, adopt it when it already runs `version`, or patch it to `desired`: the
+        (Deployment, version it served before). The patch is guarded by the resourceVersion it was computed
+        from, so that a concurrent deploy between the read and the write is never overwritten blindly (nor
+        recorded as the version to roll back to): on 409 the Deployment is read again and the decision
+        made anew."""
+        hook = self.kube_hook
+        name = desired["metadata"]["name"]
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            # A Deployment being deleted (a teardown in progress) is waited out, never patched.
+            deployment = hook.get_live("Deployment", name)
+            annotations = _annotations(deployment)
+            serving = _int_or_none(annotations.get(manifests.A_VERSION))
+            if deployment is None:
+                created, _ = hook.create_or_adopt(desired)
+                if _int_or_none(_annotations(created).get(manifests.A_VERSION)) == version:
+                    return created, None
+                # Another deploy created it between the read and the create: decide again on it.
+                continue
+            if serving == version:
+                # A retried task, or this version is already live: wait on what is there.
+                log.info("%s/%s already runs v%s: adopting it", hook.namespace, name, version)
+                return deployment, _int_or_none(annotations.get(manifests.A_PREVIOUS_VERSION))
+            log.info("%s/%s runs v%s: rolling out v%s", hook.namespace, name, serving, version)
+            try:
+                patched = hook.patch(
+                    "Deployment",
+                    name,
+                    manifests.rollout_patch(deployment, desired),
+                    resource_version=(deployment.get("metadata") or {}).get("resourceVersion"),
+                )
+            except KubernetesConflict as err:
+                log.warning("%s (attempt %d of %d): reading it again", err, attempt, CONFLICT_ATTEMPTS)
+                continue
+            return patched, serving
+        raise KubernetesConflict(
+            f"Deployment {hook.namespace}/{name} kept changing under this deploy of v{version} "
+            f"({CONFLICT_ATTEMPTS} reads and guarded patches): another deploy is running on this endpoint"
+        )
 
     @staticmethod
     def _serving_handle(namespace: str, name: str, version: int, previous: int | None) -> Handle:
@@ -262,6 +357,14 @@ class KubernetesRuntime(Runtime):
 
     def serving_result(self, handle: Handle, outcome: Outcome) -> dict[str, Any]:
         name, namespace = handle["name"], handle["namespace"]
+        # Confirmed from the Deployment itself, not from the wait: verify and promote must act on the version
+        # that is served, which a concurrent deploy may have replaced since the rollout finished.
+        served = self.served_version(name)
+        if served != int(handle["version"]):
+            raise ServingError(
+                f"{handle['resource']} serves v{served}, not v{handle['version']}: another deploy replaced this "
+                "rollout; nothing is recorded for it"
+            )
         host = outcome.details.get("address") or f"{name}.{namespace}.svc.cluster.local"
         template = config.kubernetes_url_template()
         if template:
@@ -275,12 +378,32 @@ class KubernetesRuntime(Runtime):
             # The new version did roll out; only the load balancer is missing. The DAG's rollback task
             # restores the production version.
             return None
-        name = handle["name"]
-        deployment = self.kube_hook.get("Deployment", name)
-        patch = manifests.rollback_patch(deployment) if deployment else None
-        if patch is None:
+        if outcome.details.get("superseded"):
+            # Another deploy replaced this rollout: what runs now is not this task's to roll back.
             return None
-        self.kube_hook.patch("Deployment", name, patch)
+        name = handle["name"]
+        for _ in range(CONFLICT_ATTEMPTS):
+            deployment = self.kube_hook.get_live("Deployment", name)
+            serving = _int_or_none(_annotations(deployment).get(manifests.A_VERSION))
+            if deployment is None or serving != int(handle["version"]):
+                # Gone, or another deploy's version now: rolling "back" would undo someone else's work.
+                return None if deployment is None else f"not rolled back: the endpoint now serves v{serving}"
+            patch = manifests.rollback_patch(deployment)
+            if patch is None:
+                return None
+            try:
+                self.kube_hook.patch(
+                    "Deployment",
+                    name,
+                    patch,
+                    resource_version=(deployment.get("metadata") or {}).get("resourceVersion"),
+                )
+            except KubernetesConflict as err:
+                log.warning("%s: reading it again", err)
+                continue
+            break
+        else:
+            return "not rolled back: the Deployment kept changing (another deploy is running)"
         log.warning(
             "%s: rollout of v%s failed; rolled back to v%s",
             handle["resource"],
@@ -292,6 +415,10 @@ class KubernetesRuntime(Runtime):
     def teardown_serving(self, name: str) -> Teardown:
         name = manifests.serving_name(name)
         deleted = [kind for kind in ("Deployment", "Service") if self.kube_hook.delete(kind, name)]
+        # Only endpoints with replicas >= 2 have one: read first, so that the others cost no failed delete.
+        pdb = self.kube_hook.get("PodDisruptionBudget", name)
+        if pdb is not None and self.kube_hook.delete("PodDisruptionBudget", name):
+            deleted.append("PodDisruptionBudget")
         log.info("Deleted %s of %s/%s", deleted or "nothing", self.kube_hook.namespace, name)
         return Teardown(name, "deleted" if deleted else "absent")
 

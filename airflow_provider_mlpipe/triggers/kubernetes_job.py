@@ -20,6 +20,7 @@ from airflow_provider_mlpipe.hooks.kubernetes_status import (
     job_state,
     newest_pod,
     pod_problems,
+    stuck_reasons,
 )
 from airflow_provider_mlpipe.retries import RetryPolicy
 from airflow_provider_mlpipe.runtimes.base import FAILED as FAILED_EVENT
@@ -55,6 +56,11 @@ class KubernetesJobTrigger(BaseTrigger):
     :param log_pod: / :param log_since: / :param log_seen: the pod whose log is being copied, the timestamp
         of the last line copied (RFC 3339, as the kubelet wrote it), and how many lines carrying exactly that
         timestamp were copied (in memory; as stored at defer time after a triggerer restart, see above).
+    :param stuck_after: seconds a Job may stay unable to start (`hooks.kubernetes_status.stuck_reasons`:
+        pods not scheduled, images that cannot be pulled, no pod created because of a quota or Pod
+        Security) before the wait fails with that reason (details `stuck: true`); None: wait until
+        `timeout_at`. Counted from the first poll of this trigger instance that saw it stuck; a poll
+        that no longer does starts the count over.
     :param transient_retry: how each API call retries transient errors (`RetryPolicy.as_conf()`; None: the
         defaults). A status check that still fails is logged and the wait goes on until `timeout_at`; a
         pod listing or log read that fails is logged and skipped (the Job's status decides the outcome).
@@ -72,6 +78,7 @@ class KubernetesJobTrigger(BaseTrigger):
         log_since: str = "",
         log_seen: int = 0,
         transient_retry: dict[str, Any] | None = None,
+        stuck_after: float | None = None,
     ) -> None:
         super().__init__()
         self.job_name = job_name
@@ -83,6 +90,9 @@ class KubernetesJobTrigger(BaseTrigger):
         self.log_since = log_since
         self.log_seen = log_seen
         self.transient_retry = transient_retry
+        self.stuck_after = stuck_after
+        # time.monotonic() of the first poll that found the Job stuck (None: not stuck).
+        self._stuck_since: float | None = None
         # The last error of copying the log, so that a lasting one is logged once.
         self._log_error = ""
 
@@ -99,6 +109,7 @@ class KubernetesJobTrigger(BaseTrigger):
                 "log_since": self.log_since,
                 "log_seen": self.log_seen,
                 "transient_retry": self.transient_retry,
+                "stuck_after": self.stuck_after,
             },
         )
 
@@ -138,9 +149,12 @@ class KubernetesJobTrigger(BaseTrigger):
             else:
                 self.log_since, self.log_seen = stamp, 1
 
-    async def _follow_log(self, hook: AsyncKubernetesResourceHook) -> None:
+    async def _follow_log(self, hook: AsyncKubernetesResourceHook) -> list[dict[str, Any]] | None:
+        """Copy the newest pod's new log lines; the Job's pods (None when they could not be listed)."""
+        pods = None
         try:
-            await self._copy_log(hook, await self._pods(hook))
+            pods = await self._pods(hook)
+            await self._copy_log(hook, pods)
         except KubernetesRuntimeError as err:
             # The log is a courtesy: without it (pods/log forbidden, the kubelet unreachable) the Job's
             # status still decides the outcome, so the wait goes on. Said once per distinct error, not on
@@ -150,8 +164,39 @@ class KubernetesJobTrigger(BaseTrigger):
             self._log_error = str(err)
         else:
             self._log_error = ""
+        return pods
 
-    async def _event(self, hook: AsyncKubernetesResourceHook, status: str, message: str) -> TriggerEvent:
+    async def _stuck(self, hook: AsyncKubernetesResourceHook, pods: list[dict[str, Any]]) -> str | None:
+        """The reason to give up on a Job that cannot start, once it has been stuck for `stuck_after`."""
+        events: list[dict[str, Any]] = []
+        if not pods:
+            try:
+                events = await hook.list_events("Job", self.job_name)
+            except KubernetesRuntimeError as err:
+                self.log.warning("Job %s: cannot read its events: %s", self.job_name, err)
+        reasons = stuck_reasons(pods, events)
+        if not reasons:
+            self._stuck_since = None
+            return None
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+            self.log.warning(
+                "Job %s cannot start: %s (giving up after %.0f s of this)",
+                self.job_name,
+                "; ".join(reasons),
+                self.stuck_after or 0,
+            )
+        if self.stuck_after is not None and now - self._stuck_since >= self.stuck_after:
+            return (
+                f"Job {self.namespace}/{self.job_name} could not start for {now - self._stuck_since:.0f} s: "
+                + "; ".join(reasons)
+            )
+        return None
+
+    async def _event(
+        self, hook: AsyncKubernetesResourceHook, status: str, message: str, **extra: Any
+    ) -> TriggerEvent:
         # The outcome is known by now: a failure to read the pods or their log must not lose it (nor the
         # Job's reason), only the details below. Any error, not only the API's: the event matters more.
         pods: list[dict[str, Any]] = []
@@ -180,6 +225,7 @@ class KubernetesJobTrigger(BaseTrigger):
                 job_name=self.job_name,
                 namespace=self.namespace,
                 pod_problems=pod_problems(pods),
+                **extra,
             )
         )
 
@@ -210,7 +256,12 @@ class KubernetesJobTrigger(BaseTrigger):
                 state, reason = "unknown", str(err)
             else:
                 # Also on the last poll: the lines written since the previous one reach the task log too.
-                await self._follow_log(hook)
+                pods = await self._follow_log(hook)
+                if state not in (SUCCEEDED, FAILED) and pods is not None and self.stuck_after is not None:
+                    stuck = await self._stuck(hook, pods)
+                    if stuck is not None:
+                        yield await self._event(hook, FAILED_EVENT, stuck, stuck=True)
+                        return
             if state == SUCCEEDED:
                 yield await self._event(hook, SUCCESS, reason)
                 return

@@ -19,6 +19,7 @@ from airflow_provider_mlpipe.hooks.kubernetes_status import (
     selector_string,
     service_address,
 )
+from airflow_provider_mlpipe.manifests import A_VERSION
 from airflow_provider_mlpipe.retries import RetryPolicy
 from airflow_provider_mlpipe.runtimes.base import FAILED as FAILED_EVENT
 from airflow_provider_mlpipe.runtimes.base import GONE, SUCCESS, TIMEOUT, outcome_event
@@ -34,6 +35,10 @@ class KubernetesServingTrigger(BaseTrigger):
 
     :param transient_retry: how each API call retries transient errors (`RetryPolicy.as_conf()`; None: the
         defaults). A check that still fails is logged and the wait goes on until `timeout_at`.
+    :param version: the model version this rollout is for (the Deployment's `mlpipe.io/model-version`
+        annotation); when another deploy changes it meanwhile, the wait fails at once (details
+        `superseded: true`) instead of reporting that other rollout as this one. Empty: not checked (a
+        deferral from before this parameter).
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class KubernetesServingTrigger(BaseTrigger):
         timeout_at: float,
         poll_interval: float = 5.0,
         transient_retry: dict[str, Any] | None = None,
+        version: str = "",
     ) -> None:
         super().__init__()
         self.deployment = deployment
@@ -61,6 +67,7 @@ class KubernetesServingTrigger(BaseTrigger):
         self.timeout_at = timeout_at
         self.poll_interval = poll_interval
         self.transient_retry = transient_retry
+        self.version = version
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -76,6 +83,7 @@ class KubernetesServingTrigger(BaseTrigger):
                 "timeout_at": self.timeout_at,
                 "poll_interval": self.poll_interval,
                 "transient_retry": self.transient_retry,
+                "version": self.version,
             },
         )
 
@@ -112,6 +120,16 @@ class KubernetesServingTrigger(BaseTrigger):
                     deployment = await hook.get("Deployment", self.deployment)
                     if deployment is None:
                         yield self._event(GONE, f"Deployment {self.namespace}/{self.deployment} is gone")
+                        return
+                    served = ((deployment.get("metadata") or {}).get("annotations") or {}).get(A_VERSION)
+                    if self.version and served != self.version:
+                        yield self._event(
+                            FAILED_EVENT,
+                            f"Deployment {self.namespace}/{self.deployment} was changed to v{served} by "
+                            f"another deploy while v{self.version} rolled out",
+                            superseded=True,
+                            pod_problems=[],
+                        )
                         return
                     state, last = rollout_state(deployment, self.generation)
                     if state == FAILED:

@@ -4,9 +4,13 @@ SQLite, LocalExecutor), run once with runtime=kubernetes against an emulated Kub
 What is real: Airflow scheduling the DAG, deferring to the triggerer, branching at the gates, the approval
 given through `PATCH .../hitlDetails`; the operators, hooks and triggers talking HTTP to the API through the
 cncf-kubernetes provider; real TensorFlow training of a small subset; a real TF-Serving-compatible REST
-endpoint scored by the real AccuracySensor; the model store (file://, standing in for OSS).
+endpoint scored by the real AccuracySensor; README's documented setup for the store: an `oss://` store, the
+Airflow connection `oss_default` in the Alibaba provider's fields (extras `region`, `endpoint`), and the pods'
+Secret holding exactly the keys README step 2 creates (parsed from README.md), nothing else.
 
 What is emulated, and how:
+- Alibaba Cloud OSS: the OSS protocol emulator (tests/emulators/oss_server.py) on 127.0.0.1, its URL as the
+  connection's `endpoint` (the pods get it from the manifest, as OSS_ENDPOINT, like an internal endpoint);
 - the Kubernetes API server: kmock + shim (tests/kubernetes_emulator.py), served over HTTP from this test
   process and given to every Airflow process as the `kubernetes_emulator` connection;
 - the kubelet and the controllers: `PodActor` below watches the emulated API and "runs" each pod spec by
@@ -27,6 +31,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -41,7 +46,9 @@ import pytest
 import requests
 
 from airflow_provider_mlpipe.demo.stack import COMPONENTS, AirflowClient, AirflowStack, StackConfig, free_port
-from airflow_provider_mlpipe.modelstore import open_store
+from airflow_provider_mlpipe.modelstore import ModelStore, open_store
+from airflow_provider_mlpipe.modelstore.oss import OssCredentials
+from tests.emulators.oss_server import OssEmulator
 from tests.kubernetes_emulator import (
     CONN_ID,
     NAMESPACE,
@@ -55,8 +62,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 DAG_ID = "mlpipe_fashion_mnist"
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+OSS_KEY_ID, OSS_KEY_SECRET = "LTAI5tE2EFAKEID", "e2e-fake-secret-value"
+OSS_BUCKET = "mlpipe-k8s-e2e"
+
+
+def readme_secret_keys() -> list[str]:
+    """The keys of the Secret README's *Run on Kubernetes* step 2 creates (`--from-literal=<key>=`)."""
+    text = README.read_text()
+    step = text[text.index("kubectl -n mlpipe create secret generic mlpipe-oss") :]
+    return re.findall(r"--from-literal=(\w+)=", step[: step.index("```")])
+
+
+# The Secret `mlpipe-oss` as README step 2 creates it: exactly its keys, with the emulator's key pair.
 FAKE_SECRET = {
-    "mlpipe-oss": {"access_key_id": "LTAI5tE2EFAKEID", "access_key_secret": "e2e-fake-secret-value"}
+    "mlpipe-oss": {
+        key: {"access_key_id": OSS_KEY_ID, "access_key_secret": OSS_KEY_SECRET}[key]
+        for key in readme_secret_keys()
+    }
 }
 DIGEST = "sha256:" + "cd" * 32
 
@@ -408,6 +431,18 @@ def test_emulated_controllers_skip_objects_deleted_since_the_list(
 
 
 @pytest.fixture(scope="module")
+def oss() -> Iterator[OssEmulator]:
+    with OssEmulator(OSS_KEY_ID, OSS_KEY_SECRET, buckets=(OSS_BUCKET,)) as emulator:
+        yield emulator
+
+
+def open_oss_store(oss: OssEmulator, uri: str) -> ModelStore:
+    return open_store(
+        uri, credentials=OssCredentials(OSS_KEY_ID, OSS_KEY_SECRET, "cn-hangzhou", oss.endpoint)
+    )
+
+
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatedCluster, PodActor, Router]]:
     with emulated_cluster() as k8s:
         router = Router()
@@ -423,6 +458,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulated
 @pytest.fixture(scope="module")
 def stack(
     cluster: tuple[EmulatedCluster, PodActor, Router],
+    oss: OssEmulator,
     tmp_path_factory: pytest.TempPathFactory,
     fashion_mnist_dir: Path,
 ) -> Iterator[AirflowStack]:
@@ -431,8 +467,17 @@ def stack(
     # What every Airflow process sees: the emulated cluster as the Kubernetes connection, and cluster DNS
     # (the Services' names, the load balancer's hostname) through the router; Airflow's own API on
     # loopback bypasses it.
+    # README's `oss_default`, in the Alibaba provider's fields; its endpoint is the emulator's URL.
+    oss_extra = {
+        "auth_type": "AK",
+        "access_key_id": OSS_KEY_ID,
+        "access_key_secret": OSS_KEY_SECRET,
+        "region": "cn-hangzhou",
+        "endpoint": oss.endpoint,
+    }
     env = {
         f"AIRFLOW_CONN_{CONN_ID.upper()}": k8s.connection_json(),
+        "AIRFLOW_CONN_OSS_DEFAULT": json.dumps({"conn_type": "oss", "extra": oss_extra}),
         "HTTP_PROXY": proxy,
         "http_proxy": proxy,
         "NO_PROXY": "127.0.0.1,localhost",
@@ -468,15 +513,19 @@ def _in_order(calls: list[tuple[str, str, str]], expected: list[tuple[str, str, 
     return all(call in rest for call in expected)
 
 
+def test_the_fake_secret_holds_exactly_the_readme_keys() -> None:
+    assert sorted(FAKE_SECRET["mlpipe-oss"]) == ["access_key_id", "access_key_secret"]
+
+
 def test_dag_runs_on_kubernetes(
     cluster: tuple[EmulatedCluster, PodActor, Router],
     stack: AirflowStack,
-    tmp_path_factory: pytest.TempPathFactory,
+    oss: OssEmulator,
     fashion_mnist_dir: Path,
 ) -> None:
     k8s, actor, router = cluster
     admin = stack.client("admin")
-    store_uri = tmp_path_factory.mktemp("models").as_uri()
+    store_uri = f"oss://{OSS_BUCKET}/e2e"
     conf = {
         "image": "registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer:e2e",
         "digest": DIGEST,
@@ -545,12 +594,15 @@ def test_dag_runs_on_kubernetes(
     trained = admin.xcom(DAG_ID, run_id, "train")
     production = admin.xcom(DAG_ID, run_id, "deploy_production")
     verified = admin.xcom(DAG_ID, run_id, "verify_production")
-    assert trained["version"] == 1 and open_store(store_uri).is_published("fashion_mnist", 1)
+    store = open_oss_store(oss, store_uri)
+    assert trained["version"] == 1 and store.is_published("fashion_mnist", 1)
     assert staging["url"] == f"http://{staging_name}.{NAMESPACE}.svc.cluster.local:8501"
     assert production["url"] == f"http://{prod_name}.lb.emulated.example:8501"
     assert production["version"] == evaluated["version"] == verified["version"] == 1
     assert 0.3 <= evaluated["accuracy"] <= 1.0 and evaluated["samples"] == 1000
-    assert open_store(store_uri).get_alias("fashion_mnist", "production")["version"] == 1
+    assert store.get_alias("fashion_mnist", "production")["version"] == 1
+    # The trainer wrote the version and the fetch step read it, through OSS (the pods' only way in).
+    assert oss.operations["PutObject"] >= 1 and oss.operations["GetObject"] >= 1
     # The production Service answers through the (emulated) load balancer.
     proxies = {"http": f"http://127.0.0.1:{router.server_port}"}
     status = requests.get(f"{production['url']}/v1/models/fashion_mnist", proxies=proxies, timeout=10).json()
@@ -565,6 +617,13 @@ def test_dag_runs_on_kubernetes(
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"registry.cn-hangzhou.aliyuncs.com/mlpipe/fashion-trainer@{DIGEST}"
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+    oss_env = {e["name"]: e.get("value") for e in container["env"] if e["name"].startswith("OSS_")}
+    assert oss_env == {
+        "OSS_ACCESS_KEY_ID": None,
+        "OSS_ACCESS_KEY_SECRET": None,
+        "OSS_REGION": "cn-hangzhou",
+        "OSS_ENDPOINT": oss.endpoint,
+    }
 
     # The training pod's log, copied into the train task's log by the trigger.
     logs = stack.home / "logs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ def job(**overrides: Any) -> dict[str, Any]:
     return manifests.train_job(**kwargs)
 
 
-def deployment(version: int = 3, name: str = "serve-fashion-mnist-production") -> dict[str, Any]:
+def deployment(
+    version: int = 3, name: str = "serve-fashion-mnist-production", replicas: int = 2
+) -> dict[str, Any]:
     template = manifests.serving_pod_template(
         name=name,
         model_name="fashion_mnist",
@@ -63,11 +66,11 @@ def deployment(version: int = 3, name: str = "serve-fashion-mnist-production") -
         run_key=RUN,
         dag_id="mlpipe_fashion_mnist",
         template=template,
-        replicas=2,
+        replicas=replicas,
     )
 
 
-def service(service_type: str) -> dict[str, Any]:
+def service(service_type: str, **kwargs: Any) -> dict[str, Any]:
     return manifests.serving_service(
         name="serve-fashion-mnist-production",
         namespace="mlpipe",
@@ -75,7 +78,8 @@ def service(service_type: str) -> dict[str, Any]:
         model_name="fashion_mnist",
         run_key=RUN,
         dag_id="mlpipe_fashion_mnist",
-        annotations={"service.beta.kubernetes.io/alibaba-cloud-loadbalancer-address-type": "intranet"},
+        annotations={"service.beta.kubernetes.io/alibaba-cloud-loadbalancer-id": "lb-bp1example"},
+        **kwargs,
     )
 
 
@@ -104,13 +108,26 @@ ALL: dict[str, Any] = {
         node_selector={"aliyun.accelerator/nvidia_name": "Tesla-V100"},
         tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
         service_account="mlpipe-train",
+        image_pull_secrets=["acr-pull"],
     ),
+    "job-oss-location": lambda: job(oss_location=LOCATION),
     "job-file-store": lambda: job(model_store="file:///mnt/models", dataset=None, hyperparameters={}),
     "deployment": deployment,
     "deployment-rolled-out": rolled_out,
     "deployment-rolled-back": rolled_back,
+    "deployment-one-replica": lambda: deployment(replicas=1),
+    "pdb": lambda: manifests.serving_pdb(
+        name="serve-fashion-mnist-production",
+        namespace="mlpipe",
+        model_name="fashion_mnist",
+        run_key=RUN,
+        dag_id="mlpipe_fashion_mnist",
+    ),
     "service-clusterip": lambda: service("ClusterIP"),
     "service-loadbalancer": lambda: service("LoadBalancer"),
+    "service-loadbalancer-internet": lambda: service(
+        "LoadBalancer", address_type="internet", source_ranges=["203.0.113.0/24"], expose_grpc=True
+    ),
 }
 
 
@@ -159,6 +176,9 @@ API_CALLS: dict[tuple[str, str, str], list[str]] = {
         "KubernetesJobTrigger._pods: list_pods('job-name=<job>') (newest pod, termination reasons)",
         "KubernetesServingTrigger._problems: list_pods(<serving selector>)",
     ],
+    ("", "events", "list"): [
+        "KubernetesJobTrigger._stuck: AsyncKubernetesResourceHook.list_events('Job') (no pod: why?)",
+    ],
     ("", "pods/log", "get"): [
         "KubernetesJobTrigger._copy_log / _event: AsyncKubernetesResourceHook.pod_log",
     ],
@@ -182,6 +202,15 @@ API_CALLS: dict[tuple[str, str, str], list[str]] = {
         "KubernetesServingTrigger.run: AsyncKubernetesResourceHook.get('Service') (LoadBalancer address)",
     ],
     ("", "services", "create"): ["KubernetesResourceHook.create_or_adopt"],
+    ("", "services", "patch"): [
+        "KubernetesRuntime.deploy_serving: hook.patch('Service', service_patch) (an existing Service differs)"
+    ],
+    ("policy", "poddisruptionbudgets", "get"): [
+        "KubernetesResourceHook.create_or_adopt (replicas >= 2)",
+        "KubernetesRuntime.teardown_serving: hook.get('PodDisruptionBudget') (is there one to delete?)",
+    ],
+    ("policy", "poddisruptionbudgets", "create"): ["KubernetesResourceHook.create_or_adopt (replicas >= 2)"],
+    ("policy", "poddisruptionbudgets", "delete"): ["KubernetesRuntime.teardown_serving"],
     ("", "services", "delete"): [
         "KubernetesRuntime.teardown_serving (ServingTeardownOperator)",
         "KubernetesRuntime.teardown_serving (ServingDeployOperator: teardown_if_unresolved)",
@@ -245,6 +274,9 @@ def test_job_spec() -> None:
     assert spec["template"]["metadata"]["labels"] == labels
 
 
+LOCATION = {"OSS_REGION": "cn-hangzhou", "OSS_ENDPOINT": "oss-cn-hangzhou-internal.aliyuncs.com"}
+
+
 def test_credentials_only_by_secret_key_ref() -> None:
     for build in ALL.values():
         manifest = build()
@@ -253,7 +285,7 @@ def test_credentials_only_by_secret_key_ref() -> None:
         pod = manifest.get("spec", {}).get("template", {}).get("spec", {})
         for container in pod.get("initContainers", []) + pod.get("containers", []):
             for env in container.get("env", []):
-                if env["name"].startswith("OSS_"):
+                if env["name"].startswith("OSS_ACCESS_KEY"):
                     assert set(env) == {"name", "valueFrom"}
                     assert env["valueFrom"]["secretKeyRef"]["name"] == "mlpipe-oss"
     assert {e["name"] for e in job()["spec"]["template"]["spec"]["containers"][0]["env"]} >= {
@@ -266,7 +298,7 @@ def test_credentials_only_by_secret_key_ref() -> None:
         for e in job()["spec"]["template"]["spec"]["containers"][0]["env"]
         if "valueFrom" in e
     ]
-    assert [r["optional"] for r in refs if r["key"] != "endpoint"] == [False, False]
+    assert [r["optional"] for r in refs] == [False, False]
     local = job(model_store="file:///mnt/models", dataset=None)
     refs = [
         e["valueFrom"]["secretKeyRef"]
@@ -274,6 +306,53 @@ def test_credentials_only_by_secret_key_ref() -> None:
         if "valueFrom" in e
     ]
     assert all(r["optional"] for r in refs)
+
+
+def _pod_containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = manifest["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def test_pods_read_exactly_the_secret_keys_of_the_readme_and_the_example() -> None:
+    """The Secret README step 2 creates and deploy/oss-secret.example.yaml holds the keys the pods read,
+    no more and no fewer: a key the pods read that the documented Secret lacks stops them on a cluster."""
+    readme = (REPO / "README.md").read_text()
+    step = readme[readme.index("kubectl -n mlpipe create secret generic mlpipe-oss") :]
+    step = step[: step.index("```")]
+    documented = set(re.findall(r"--from-literal=(\w+)=", step))
+    (example,) = [d for d in deploy_files() if d["kind"] == "Secret"]
+    read = {
+        env["valueFrom"]["secretKeyRef"]["key"]
+        for manifest in (job(), deployment())
+        for container in _pod_containers(manifest)
+        for env in container.get("env", [])
+        if "valueFrom" in env
+    }
+    assert read == documented == set(example["stringData"]) == {"access_key_id", "access_key_secret"}
+
+
+def test_oss_region_and_endpoint_reach_the_trainer_and_the_fetch_step() -> None:
+    """Where the bucket lives is a plain value on every container that opens the store (not secret)."""
+    template = manifests.serving_pod_template(
+        name="serve-fashion-mnist-staging",
+        model_name="fashion_mnist",
+        version=3,
+        model_store="oss://models-bucket/mlpipe",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/mlpipe/fetch@" + DIGEST,
+        oss_secret="mlpipe-oss",
+        oss_location=LOCATION,
+    )
+    (fetch,) = template["spec"]["initContainers"]
+    (trainer,) = job(oss_location=LOCATION)["spec"]["template"]["spec"]["containers"]
+    for container in (trainer, fetch):
+        values = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: values.get(k) for k in LOCATION} == LOCATION
+        # One entry per name: the API server warns on duplicates and the last one would win.
+        names = [e["name"] for e in container["env"]]
+        assert len(names) == len(set(names))
+    for version in VERSIONS:
+        kubernetes_validate.validate(job(oss_location=LOCATION), version, strict=True)
 
 
 def test_deployment_spec() -> None:
@@ -366,3 +445,129 @@ def test_manifests_are_not_mutated_by_patch_building() -> None:
     snapshot = copy.deepcopy(before)
     manifests.rollout_patch(before, deployment(4))
     assert before == snapshot
+
+
+def test_load_balancer_is_intranet_unless_internet_is_set_with_source_ranges() -> None:
+    lb = service("LoadBalancer")
+    assert lb["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "intranet"
+    assert [p["name"] for p in lb["spec"]["ports"]] == ["http"]
+    cluster_ip = service("ClusterIP")
+    assert manifests.A_LB_ADDRESS_TYPE not in cluster_ip["metadata"]["annotations"]
+    with pytest.raises(ConfigError, match="source ranges"):
+        service("LoadBalancer", address_type="internet")
+    with pytest.raises(ConfigError, match="CIDR"):
+        service("LoadBalancer", address_type="internet", source_ranges=["0.0.0.0/33"])
+    with pytest.raises(ConfigError, match="intranet or internet"):
+        service("LoadBalancer", address_type="public")
+    public = service("LoadBalancer", address_type="internet", source_ranges=["203.0.113.0/24"])
+    assert public["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert public["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "internet"
+
+
+def test_job_failure_policy() -> None:
+    """A usage error (bad hyperparameters, a dataset that misses a file) fails the Job on its first pod;
+    a disruption (eviction, preemption, drain) does not count against backoffLimit; a replacement pod
+    starts only when the failed one is gone."""
+    from training_image.train import EXIT_USAGE
+
+    spec = job()["spec"]
+    assert spec["podReplacementPolicy"] == "Failed"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_USAGE]},
+    }
+    assert rules[1] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["name"] == "trainer" and spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_serving_startup_probe_covers_model_loading() -> None:
+    """Liveness starts only after the startupProbe succeeds; that one allows the ready timeout for TF
+    Serving to load the model and open its port."""
+    template = manifests.serving_pod_template(
+        name="serve-x",
+        model_name="fashion_mnist",
+        version=1,
+        model_store="oss://models-bucket/mlpipe",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/mlpipe/fetch@" + DIGEST,
+        oss_secret="mlpipe-oss",
+        startup_timeout_seconds=900,
+    )
+    (server,) = template["spec"]["containers"]
+    startup = server["startupProbe"]
+    assert startup["tcpSocket"] == {"port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 900
+    assert "initialDelaySeconds" not in server["livenessProbe"]
+
+
+def test_two_replicas_spread_over_nodes_and_one_does_not() -> None:
+    affinity = deployment(replicas=2)["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = deployment()["spec"]["selector"]["matchLabels"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    assert "affinity" not in deployment(replicas=1)["spec"]["template"]["spec"]
+    pdb = ALL["pdb"]()
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+
+
+def test_rollback_restores_the_replicas_too() -> None:
+    before = deployment(3, replicas=2)
+    after = jsonpatch.apply_patch(before, manifests.rollout_patch(before, deployment(4, replicas=5)))
+    assert after["spec"]["replicas"] == 5
+    patch = manifests.rollback_patch(after)
+    assert patch is not None
+    back = jsonpatch.apply_patch(after, patch)
+    assert back["spec"]["replicas"] == 2 and back["spec"]["template"] == before["spec"]["template"]
+    assert manifests.A_PREVIOUS_REPLICAS not in back["metadata"]["annotations"]
+    for version in VERSIONS:
+        kubernetes_validate.validate(back, version, strict=True)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def test_service_patch_brings_an_existing_service_to_the_wanted_spec() -> None:
+    wanted = service("LoadBalancer")
+    assert manifests.service_patch(copy.deepcopy(wanted), wanted) is None
+    # Left public, with the gRPC port, by another run or by hand.
+    existing = service("LoadBalancer", address_type="internet", source_ranges=["0.0.0.0/0"], expose_grpc=True)
+    patch = manifests.service_patch(existing, wanted)
+    assert patch is not None
+    merged = merge_patch(existing, patch)
+    assert manifests.service_patch(merged, wanted) is None
+    assert merged["metadata"]["annotations"][manifests.A_LB_ADDRESS_TYPE] == "intranet"
+    assert [p["port"] for p in merged["spec"]["ports"]] == [manifests.REST_PORT]
+    assert "loadBalancerSourceRanges" not in merged["spec"]
+
+
+def test_image_pull_secrets_reach_both_pod_specs() -> None:
+    pod = ALL["job-gpu-placed"]()["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "acr-pull"}]
+    assert "imagePullSecrets" not in job()["spec"]["template"]["spec"]
+    template = manifests.serving_pod_template(
+        name="serve-x",
+        model_name="fashion_mnist",
+        version=1,
+        model_store="oss://models-bucket/mlpipe",
+        serving_image="tensorflow/serving:2.19.0",
+        fetch_image="registry.example.com/mlpipe/fetch@" + DIGEST,
+        oss_secret="mlpipe-oss",
+        image_pull_secrets=["acr-pull", "mirror-pull"],
+    )
+    assert template["spec"]["imagePullSecrets"] == [{"name": "acr-pull"}, {"name": "mirror-pull"}]

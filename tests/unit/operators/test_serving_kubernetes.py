@@ -97,6 +97,7 @@ async def test_staging_deploys_a_deployment_and_a_clusterip_service(
             "timeout_at": deferred.trigger.timeout_at,
             "poll_interval": 0.05,
             "transient_retry": {"attempts": 5, "base_delay": 0.5, "max_delay": 30.0},
+            "version": "1",
         },
     )
     result = resume(op, context, deferred, event)

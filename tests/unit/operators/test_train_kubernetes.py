@@ -105,6 +105,7 @@ async def test_creates_the_job_follows_its_log_and_succeeds(
             "log_since": "",
             "log_seen": 0,
             "transient_retry": {"attempts": 5, "base_delay": 0.5, "max_delay": 30.0},
+            "stuck_after": 900.0,
         },
     )
     waiting = asyncio.create_task(first_event(trigger))
@@ -402,3 +403,119 @@ def test_new_lines_compares_kubelet_timestamps_as_times_not_text() -> None:
         "a continuation line without a stamp",
         "d",
     ]
+
+
+def _pending_pod(job: str, pod: str, status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod, "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
+        "status": {"phase": "Pending", **status},
+    }
+
+
+async def test_an_unschedulable_job_fails_with_the_scheduler_s_reason(
+    k8s: EmulatedCluster, store_uri: str
+) -> None:
+    """A GPU Job on a cluster without GPU capacity: its pod stays `PodScheduled=False`. After the stuck
+    window (0 s here: at the first poll that sees it) the task fails with the scheduler's message and the
+    Job is deleted, instead of waiting out activeDeadlineSeconds. Emulated: the scheduler's condition."""
+    context = make_context()
+    op = operator(store_uri, gpus=1)
+    deferred = await asyncio.to_thread(execute_until_deferred, op, context)
+    name = deferred.trigger.job_name
+    message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    k8s.add("pods", _pending_pod(name, f"{name}-a", {"conditions": [condition]}))
+    trigger = KubernetesJobTrigger(**{**deferred.trigger.serialize()[1], "stuck_after": 0.0})
+    event = await first_event(trigger)
+    assert event["status"] == "failed" and event["details"]["stuck"] is True
+    assert message in event["message"] and "not scheduled: Unschedulable" in event["message"]
+    with pytest.raises(TrainingError, match="could not start and was stopped") as err:
+        await asyncio.to_thread(resume, op, context, deferred, event)
+    assert "Insufficient nvidia.com/gpu" in str(err.value)
+    assert ("delete(Foreground)", "jobs", name) in k8s.writes()
+
+
+async def test_a_job_that_creates_no_pod_fails_with_its_event(k8s: EmulatedCluster, store_uri: str) -> None:
+    """A quota or a Pod Security rejection: the Job controller creates no pod and says why only in an Event
+    on the Job (FailedCreate). Emulated: that Event, as the Job controller records it, and an older,
+    unrelated one on another Job."""
+    context = make_context()
+    deferred = await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    name = deferred.trigger.job_name
+    forbidden = (
+        f'Error creating: pods "{name}-x" is forbidden: exceeded quota: compute, requested: '
+        "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4"
+    )
+    for event_name, job, reason, message, when in (
+        ("e1", name, "FailedCreate", forbidden, "2026-01-01T00:00:02Z"),
+        ("e0", name, "SuccessfulCreate", "older", "2026-01-01T00:00:01Z"),
+        ("e2", "other-job", "FailedCreate", "not ours", "2026-01-01T00:00:03Z"),
+    ):
+        k8s.add(
+            "events",
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": event_name},
+                "involvedObject": {"kind": "Job", "name": job, "namespace": NAMESPACE},
+                "type": "Warning" if reason == "FailedCreate" else "Normal",
+                "reason": reason,
+                "message": message,
+                "lastTimestamp": when,
+            },
+        )
+    trigger = KubernetesJobTrigger(**{**deferred.trigger.serialize()[1], "stuck_after": 0.0})
+    event = await first_event(trigger)
+    assert event["status"] == "failed" and event["details"]["stuck"] is True
+    assert f"FailedCreate: {forbidden}" in event["message"] and "not ours" not in event["message"]
+
+
+async def test_a_job_waits_while_the_window_lasts_and_a_running_pod_is_not_stuck(
+    k8s: EmulatedCluster, store_uri: str
+) -> None:
+    """Within the window (an hour here) a stuck Job keeps waiting, and its verdict is the Job's own; a
+    pod that runs is never stuck. The runtime defers with the configured window."""
+    context = make_context()
+    deferred = await asyncio.to_thread(execute_until_deferred, operator(store_uri), context)
+    assert deferred.trigger.stuck_after == 900.0  # [mlpipe] kubernetes_stuck_timeout's default
+    name = deferred.trigger.job_name
+    waiting = {"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "401"}}}
+    k8s.add("pods", _pending_pod(name, f"{name}-a", {"containerStatuses": [waiting]}))
+    trigger = KubernetesJobTrigger(**{**deferred.trigger.serialize()[1], "stuck_after": 3600.0})
+    seen: list[str] = []
+    original = trigger._stuck
+
+    async def observed(hook: Any, pods: list[dict[str, Any]]) -> str | None:
+        result = await original(hook, pods)
+        seen.append(str(result))
+        if len(seen) == 2:  # seen stuck twice, within the window: the Job ends on its own now
+            k8s.finish_job(name, succeeded=False, reason="DeadlineExceeded")
+        return result
+
+    trigger._stuck = observed  # type: ignore[method-assign]
+    event = await first_event(trigger)
+    assert seen == ["None", "None"]
+    assert event["status"] == "failed" and "DeadlineExceeded" in event["message"]
+    assert "stuck" not in event["details"]
+
+
+def test_stuck_reasons() -> None:
+    from airflow_provider_mlpipe.hooks.kubernetes_status import stuck_reasons
+
+    running = _pending_pod("j", "p", {"phase": "Running"})
+    assert stuck_reasons([running], []) == []
+    creating = {"name": "t", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert stuck_reasons([_pending_pod("j", "p", {"containerStatuses": [creating]})], []) == []
+    config = {
+        "name": "t",
+        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "no key"}},
+    }
+    assert stuck_reasons([_pending_pod("j", "p", {"containerStatuses": [config]})], []) == [
+        "p/t: CreateContainerConfigError: no key"
+    ]
+    # Events count only while there is no pod.
+    warning = {"type": "Warning", "reason": "FailedCreate", "message": "quota"}
+    assert stuck_reasons([], [warning]) == ["FailedCreate: quota"]
+    assert stuck_reasons([running], [warning]) == []
