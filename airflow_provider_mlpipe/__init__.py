@@ -53,10 +53,12 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "notifications": ["airflow_provider_mlpipe.notifications.PipelineNotifier"],
         "hooks": [
             {
                 "integration-name": "MLPipe",
                 "python-modules": [
+                    "airflow_provider_mlpipe.hooks.dingtalk",
                     "airflow_provider_mlpipe.hooks.kubernetes",
                     "airflow_provider_mlpipe.hooks.kubernetes_async",
                     "airflow_provider_mlpipe.hooks.local_process",

@@ -127,3 +127,8 @@ class RejectedError(MlpipeError):
 class SchemaNotReadyError(MlpipeError):
     """The provider's tables in the metadata database are missing or behind its migrations; the message
     names the command that brings them up to date."""
+
+
+class NotificationError(MlpipeError):
+    """A notification channel (DingTalk robot, SMTP server) refused or could not take a message; the
+    notifier logs it and the pipeline goes on."""
