@@ -30,6 +30,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_mlpipe.operators.serving",
                     "airflow_provider_mlpipe.operators.model_store",
                     "airflow_provider_mlpipe.operators.gates",
+                    "airflow_provider_mlpipe.operators.scoring",
                 ],
             }
         ],

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_mlpipe.assets import emit_production_event, production_alias
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, MlpipeError
 from airflow_provider_mlpipe.modelstore.store import ALIASES, Expect
 from airflow_provider_mlpipe.operators.base import StoreOperator, merged_template_fields
@@ -147,6 +148,8 @@ class ModelPromoteOperator(StoreOperator):
     :param expected_production: the accuracy gate's `decision` XCom. Given, production must still be the
         generation the gate compared against (none, when there was no production), else the task fails
         without retries: the approval was given against that evidence. None: production as read here.
+    :param emit_asset_event: declare the asset alias `assets.PRODUCTION_ALIAS` as outlet and emit an event on
+        `assets.production_asset(model_name)` (version and accuracy in its extra) once production moved.
     :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
     """
@@ -170,9 +173,13 @@ class ModelPromoteOperator(StoreOperator):
         evaluation: dict[str, Any] | Any = None,
         training: dict[str, Any] | Any = None,
         expected_production: dict[str, Any] | Any = None,
+        emit_asset_event: bool = True,
         **kwargs: Any,
     ) -> None:
+        if emit_asset_event:
+            kwargs["outlets"] = [*(kwargs.get("outlets") or []), production_alias()]
         super().__init__(**kwargs)
+        self.emit_asset_event = emit_asset_event
         self.version = version
         self.approval = approval
         self.evaluation = evaluation
@@ -212,6 +219,7 @@ class ModelPromoteOperator(StoreOperator):
                     version,
                     err,
                 )
+                self._emit(context, winner)
                 return winner
             if checked:
                 seen = (
@@ -236,7 +244,13 @@ class ModelPromoteOperator(StoreOperator):
                 f"`python -m airflow_provider_mlpipe.modelstore promote {version} --approved-by WHO`)"
             ) from err
         self.log.info("%s production -> v%s (generation %s)", self.model_name, version, record["generation"])
+        self._emit(context, record)
         return record
+
+    def _emit(self, context: Context, record: dict[str, Any]) -> None:
+        if self.emit_asset_event:
+            extra = emit_production_event(context, self.model_name, record, "promoted")
+            self.log.info("Asset event for %s production: %s", self.model_name, extra)
 
 
 class ModelRollbackOperator(StoreOperator):
@@ -247,6 +261,9 @@ class ModelRollbackOperator(StoreOperator):
     that: rolling back twice would go back a second step.
 
     XCom: the alias record (version, from_version, run, requested_by, reason, time); `version` also as a key.
+
+    :param emit_asset_event: declare the asset alias `assets.PRODUCTION_ALIAS` as outlet and emit an event on
+        `assets.production_asset(model_name)` (the version production is back at) once it moved.
 
     :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
     :param transient_retry: in-task retries of transient object-store errors, as for KubeTrainJobOperator.
@@ -261,10 +278,14 @@ class ModelRollbackOperator(StoreOperator):
         self,
         *,
         reason: str,
+        emit_asset_event: bool = True,
         **kwargs: Any,
     ) -> None:
+        if emit_asset_event:
+            kwargs["outlets"] = [*(kwargs.get("outlets") or []), production_alias()]
         super().__init__(**kwargs)
         self.reason = reason
+        self.emit_asset_event = emit_asset_event
 
     def execute(self, context: Context) -> dict[str, Any]:
         if not str(self.reason or "").strip():
@@ -303,6 +324,9 @@ class ModelRollbackOperator(StoreOperator):
         # from_version is None when an earlier attempt made the rollback: its record's reason names it.
         result = {**record, "from_version": from_version}
         context["ti"].xcom_push(key="version", value=record["version"])
+        if self.emit_asset_event:
+            extra = emit_production_event(context, self.model_name, record, "rolled_back")
+            self.log.info("Asset event for %s production: %s", self.model_name, extra)
         return result
 
 

@@ -361,3 +361,14 @@ def test_what_airflow_accepts_validate_params_refuses(dagbag, conf: dict, messag
         task.python_callable(params={**defaults(), **run_conf}, dag_run=SimpleNamespace(conf=run_conf))
     assert message in str(info.value)
     assert dagbag.dags[DAG_ID].task_dict["train"].upstream_task_ids == {"validate_params"}
+
+
+def test_production_moves_emit_the_asset_the_scoring_dag_schedules_on(dagbag) -> None:
+    from airflow_provider_mlpipe.assets import PRODUCTION_ALIAS, production_asset
+
+    promote = dagbag.dags[DAG_ID].task_dict["promote_model"]
+    rollback = dagbag.dags["mlpipe_rollback_production"].task_dict["rollback_alias"]
+    for task in (promote, rollback):
+        assert [outlet.name for outlet in task.outlets] == [PRODUCTION_ALIAS], task.task_id
+    consumer = dagbag.dags["mlpipe_batch_scoring"]
+    assert list(consumer.timetable.asset_condition.objects) == [production_asset("fashion_mnist")]

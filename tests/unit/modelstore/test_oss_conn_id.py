@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from airflow_provider_mlpipe.exceptions import StoreAccessDenied
 from airflow_provider_mlpipe.modelstore import ModelStore, open_store
@@ -85,7 +86,7 @@ def test_the_default_connection_is_still_oss_default(published: ModelStore) -> N
         assert operator.store_hook.oss_conn_id == "oss_default", operator.task_id
     with pytest.raises(StoreAccessDenied, match="SignatureDoesNotMatch"):
         ModelPromoteOperator(task_id="promote_model", version=1, model_store=STORE).execute(
-            {"dag": SimpleNamespace(dag_id="dag"), "run_id": "r"}
+            {"dag": SimpleNamespace(dag_id="dag"), "run_id": "r", "outlet_events": OutletEventAccessors()}
         )
 
 
@@ -93,6 +94,8 @@ def test_promotion_through_a_non_default_connection(published: ModelStore) -> No
     operator = ModelPromoteOperator(
         task_id="promote_model", version=1, model_store=STORE, oss_conn_id=CONN_ID
     )
-    record = operator.execute({"dag": SimpleNamespace(dag_id="dag"), "run_id": "r"})
+    record = operator.execute(
+        {"dag": SimpleNamespace(dag_id="dag"), "run_id": "r", "outlet_events": OutletEventAccessors()}
+    )
     assert published.get_alias(MODEL, "production") == record
     assert (record["version"], record["run_id"]) == (1, "dag/r")

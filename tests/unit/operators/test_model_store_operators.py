@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.execution_time.context import OutletEventAccessors
 
+from airflow_provider_mlpipe.assets import PRODUCTION_ALIAS
 from airflow_provider_mlpipe.exceptions import AliasConflictError, ConfigError, ModelStoreError
 from airflow_provider_mlpipe.modelstore import ModelStore, open_store
 from airflow_provider_mlpipe.modelstore.backends import FileBackend
@@ -59,7 +61,8 @@ def root(tmp_path: Path) -> Path:
 
 
 def context() -> Any:
-    return {"dag": SimpleNamespace(dag_id=DAG_ID), "run_id": RUN_ID}
+    # outlet_events: the Task SDK's own accessors, as a task's context carries them.
+    return {"dag": SimpleNamespace(dag_id=DAG_ID), "run_id": RUN_ID, "outlet_events": OutletEventAccessors()}
 
 
 def seeded(root: Path) -> ModelStore:
@@ -221,6 +224,7 @@ def rollback_context(ti: FakeTI) -> Any:
         "run_id": ROLLBACK_RUN_ID,
         "dag_run": SimpleNamespace(triggering_user_name="bob"),
         "ti": ti,
+        "outlet_events": OutletEventAccessors(),
     }
 
 
@@ -381,3 +385,57 @@ def test_a_decision_without_the_generation_it_saw_is_refused(root: Path) -> None
         checked_promote(root, legacy).execute(context())
     assert info.value.field == "expected_production"
     assert [h["version"] for h in store.alias_history(MODEL, "production")] == [1]
+
+
+# --- asset events ------------------------------------------------------------------------------------------
+
+
+def alias_events(ctx: Any) -> list[dict[str, Any]]:
+    """What the Task SDK sends the API server for the production alias outlet, as it serialises it."""
+    from airflow.sdk.execution_time.task_runner import _serialize_outlet_events
+
+    return list(_serialize_outlet_events(ctx["outlet_events"]))
+
+
+def test_promotion_emits_the_production_asset_event_with_version_and_accuracy(root: Path) -> None:
+    operator = promote_operator(root)
+    assert [outlet.name for outlet in operator.outlets] == [PRODUCTION_ALIAS]
+    ctx = context()
+    record = operator.execute(ctx)
+    (event,) = alias_events(ctx)
+    assert event["source_alias_name"] == PRODUCTION_ALIAS
+    assert event["dest_asset_key"] == {
+        "name": "mlpipe/fashion_mnist/production",
+        "uri": "mlpipe://models/fashion_mnist/production",
+    }
+    assert event["extra"] == {
+        "event": "promoted",
+        "model_name": MODEL,
+        "version": 2,
+        "accuracy": 0.9,
+        "generation": record["generation"],
+        "run_id": RUN,
+        "approved_by": "alice",
+        "reason": "promoted",
+    }
+
+
+def test_rollback_emits_the_production_asset_event_with_the_version_back_in_production(root: Path) -> None:
+    promoted_twice(root)
+    ctx = rollback_context(FakeTI())
+    rollback_operator(root).execute(ctx)
+    (event,) = alias_events(ctx)
+    assert event["dest_asset_key"]["name"] == "mlpipe/fashion_mnist/production"
+    assert event["extra"]["event"] == "rolled_back"
+    assert event["extra"]["version"] == 2
+    assert event["extra"]["reason"] == "rollback from v3: complaints about v3"
+
+
+def test_no_asset_outlet_or_event_when_turned_off(root: Path) -> None:
+    operator = ModelPromoteOperator(
+        task_id="promote_model", version=2, model_store=root.as_uri(), emit_asset_event=False
+    )
+    assert operator.outlets == []
+    ctx = context()
+    operator.execute(ctx)
+    assert alias_events(ctx) == []
