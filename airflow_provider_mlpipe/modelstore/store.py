@@ -37,6 +37,8 @@ ALIASES = ("production", "staging", "previous")
 _RESERVATIONS = "_reservations"
 _ALIAS_DIR = "_aliases"
 _EVENTS = "_events"
+_EVALUATIONS = "_evaluations"
+EVALUATION_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 _CHUNK = 1 << 20
 # Fields of a production record that describe the version itself; a rollback carries them over.
 _ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest")
@@ -283,6 +285,24 @@ class ModelStore:
         return [
             json.loads(self.backend.get_bytes(f"{prefix}/{c}")) for c in self.backend.list_children(prefix)
         ]
+
+    def record_evaluation(self, model_name: str, version: int, name: str, evaluation: dict[str, Any]) -> None:
+        """Keep an endpoint's evaluation of a version (accuracy, per-class accuracy, confusion matrix) under
+        `name` (e.g. `staging`), for the approval's pictures and the Models page; a later one replaces it."""
+        model, version = check_model_name(model_name), check_version(version)
+        if not isinstance(name, str) or not EVALUATION_NAME_RE.fullmatch(name):
+            raise ConfigError("evaluation name", name, "lowercase letters, digits, - or _ (e.g. staging)")
+        body = json.dumps({**evaluation, "recorded_at": _now()}, sort_keys=True, default=str).encode()
+        self.backend.put_bytes(f"{model}/{_EVALUATIONS}/{version}/{name}.json", body)
+
+    def evaluations(self, model_name: str, version: int) -> dict[str, dict[str, Any]]:
+        """The evaluations recorded for a version, by name ({} when none)."""
+        prefix = f"{check_model_name(model_name)}/{_EVALUATIONS}/{check_version(version)}"
+        return {
+            child.removesuffix(".json"): json.loads(self.backend.get_bytes(f"{prefix}/{child}"))
+            for child in self.backend.list_children(prefix)
+            if child.endswith(".json")
+        }
 
     # -- aliases --------------------------------------------------------------------------------------
 

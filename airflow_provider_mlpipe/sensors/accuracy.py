@@ -57,6 +57,8 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
         (production verification against the staging score).
     :param transient_retry: how the REST client retries transient failures before this poke fails, e.g.
         {"attempts": 8, "base_delay": 0.5, "max_delay": 60}; None: `RetryPolicy()`.
+    :param record_as: if set (e.g. `staging`), also keep the evaluation in the model store under this name
+        (`ModelStore.record_evaluation`): the approval's pictures and the Models page read it from there.
     """
 
     template_fields: Sequence[str] = merged_template_fields(
@@ -87,6 +89,7 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
         min_accuracy: float | str | None = None,
         baseline_accuracy: float | str | XComArg | None = None,
         tolerance: float = 0.05,
+        record_as: str | None = None,
         poke_interval: float = 5.0,
         timeout: float = timedelta(minutes=15).total_seconds(),
         mode: str = "reschedule",
@@ -109,6 +112,7 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
         self.min_accuracy = min_accuracy
         self.baseline_accuracy = baseline_accuracy
         self.tolerance = tolerance
+        self.record_as = record_as
 
     def _evaluation_data(self) -> EvaluationData:
         from airflow_provider_mlpipe.datasets import load_evaluation_source
@@ -225,6 +229,9 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
             metrics["per_class_accuracy"],
         )
         self._check(metrics["accuracy"])
+        if self.record_as:
+            # Before the XCom: a retry after a failed write measures and records again.
+            self.store_hook.store.record_evaluation(self.model_name, served, self.record_as, metrics)
         context["ti"].xcom_push(key="accuracy", value=metrics["accuracy"])
         return PokeReturnValue(is_done=True, xcom_value=metrics)
 

@@ -192,6 +192,19 @@ def test_scores_a_13_feature_3_class_model_with_names_from_the_manifest(
     json.dumps(metrics)  # small JSON for XCom
 
 
+def test_record_as_keeps_the_evaluation_in_the_store(served: Served, tmp_path: Path) -> None:
+    npz = write_evaluation_data(tmp_path / "wine.npz", served.x_test, served.y_test)
+    store = open_store(served.store_uri)
+    assert store.evaluations(MODEL, 1) == {}  # the plain sensor of the other tests records nothing
+    result = sensor(served, npz.as_uri(), record_as="staging").poke({"ti": Ti()})  # type: ignore[arg-type]
+    assert isinstance(result, PokeReturnValue)
+    recorded = store.evaluations(MODEL, 1)
+    assert list(recorded) == ["staging"]
+    assert recorded["staging"]["confusion_matrix"] == result.xcom_value["confusion_matrix"]
+    assert recorded["staging"]["per_class_accuracy"] == result.xcom_value["per_class_accuracy"]
+    assert recorded["staging"]["accuracy"] == result.xcom_value["accuracy"]
+
+
 def test_a_sample_is_scored_and_names_may_come_from_the_npz(served: Served, tmp_path: Path) -> None:
     npz = write_evaluation_data(tmp_path / "wine.npz", served.x_test, served.y_test, NAMES)
     result = sensor(served, str(npz), sample_size=40).poke({"ti": Ti()})  # type: ignore[arg-type]
