@@ -46,7 +46,7 @@ def confusion_svg(matrix: Sequence[Sequence[int]], class_names: Sequence[str] | 
         total = sum(row) or 1
         y = top + i * cell
         body.append(
-            f"<text x='{left - 6}' y='{y + cell / 2 + 4:.0f}' font-size='11' text-anchor='end'>"
+            f"<text x='{left - 4}' y='{y + cell / 2 + 3:.0f}' font-size='9' text-anchor='end'>"
             f"{escape(names[i])}</text>"
         )
         for j, count in enumerate(row):
@@ -60,16 +60,16 @@ def confusion_svg(matrix: Sequence[Sequence[int]], class_names: Sequence[str] | 
                 f"<g><title>true {escape(names[i])}, predicted {escape(names[j])}: {count} "
                 f"({_pct(share)})</title><rect x='{x:.0f}' y='{y:.0f}' width='{cell - 1:.0f}' "
                 f"height='{cell - 1:.0f}' fill='{colour}'/><text x='{x + cell / 2:.0f}' y='{y + cell / 2 + 4:.0f}' "
-                f"font-size='10' text-anchor='middle' fill='{ink}'>{count}</text></g>"
+                f"font-size='8' text-anchor='middle' fill='{ink}'>{count}</text></g>"
             )
     for j in range(k):
         x = left + j * cell + cell / 2
-        y = top + k * cell + 8
+        y = top + k * cell + 6
         body.append(
-            f"<text x='{x:.0f}' y='{y:.0f}' font-size='11' text-anchor='end' "
+            f"<text x='{x:.0f}' y='{y:.0f}' font-size='9' text-anchor='end' "
             f"transform='rotate(-45 {x:.0f} {y:.0f})'>{escape(names[j])}</text>"
         )
-    return _svg(left + k * cell + 20, top + k * cell + 100, body, title)
+    return _svg(left + k * cell + 8, top + k * cell + 80, body, title)
 
 
 def per_class_svg(
@@ -83,28 +83,29 @@ def per_class_svg(
     """Per-class accuracy bars of the candidate, each beside production's for the same class (when known)."""
     indices = sorted(int(key) for key in candidate if str(key).isdigit())
     names = _names(class_names, (max(indices) + 1) if indices else 0)
-    bar, gap, left, width = 11.0, 8.0, 120.0, 300.0
+    # About 300 px wide: the Airflow UI shows an approval's pictures at most 300 px wide.
+    bar, gap, left, width = 9.0, 5.0, 84.0, 120.0
     rows = 2 if production else 1
-    top = 50.0
+    top = 40.0
     body = [
-        f"<rect x='{left}' y='8' width='10' height='10' fill='{CANDIDATE}'/>"
-        f"<text x='{left + 14}' y='17' font-size='11'>{escape(candidate_label)}</text>"
+        f"<rect x='4' y='6' width='9' height='9' fill='{CANDIDATE}'/>"
+        f"<text x='16' y='14' font-size='10'>{escape(candidate_label)}</text>"
     ]
     if production:
         body.append(
-            f"<rect x='{left + 160}' y='8' width='10' height='10' fill='{PRODUCTION}'/>"
-            f"<text x='{left + 174}' y='17' font-size='11'>{escape(production_label or 'production')}</text>"
+            f"<rect x='110' y='6' width='9' height='9' fill='{PRODUCTION}'/>"
+            f"<text x='122' y='14' font-size='10'>{escape(production_label or 'production')}</text>"
         )
     else:
         body.append(
-            f"<text x='{left}' y='34' font-size='11' fill='#555'>No model in production yet: nothing to compare"
+            "<text x='4' y='30' font-size='9' fill='#555'>No model in production yet: nothing to compare"
             " against.</text>"
         )
     for n, index in enumerate(indices):
         y = top + n * (rows * bar + gap)
         key = str(index)
         body.append(
-            f"<text x='{left - 6}' y='{y + rows * bar / 2 + 4:.0f}' font-size='11' text-anchor='end'>"
+            f"<text x='{left - 4}' y='{y + rows * bar / 2 + 3:.0f}' font-size='9' text-anchor='end'>"
             f"{escape(names[index])}</text>"
         )
         series = [(candidate_label, candidate.get(key), CANDIDATE)]
@@ -117,15 +118,15 @@ def per_class_svg(
             delta = ""
             if r == 0 and production and production.get(key) is not None:
                 change = (value - float(production[key])) * 100
-                delta = f" ({change:+.1f} points)"
+                delta = f" ({change:+.1f} pts)"
             body.append(
                 f"<g><title>{escape(names[index])}, {escape(label)}: {_pct(float(value))}{delta}</title>"
                 f"<rect x='{left}' y='{yy:.0f}' width='{width * float(value):.1f}' height='{bar - 1:.0f}' "
                 f"fill='{colour}'/><text x='{left + width * float(value) + 4:.1f}' y='{yy + bar - 2:.0f}' "
-                f"font-size='9'>{_pct(float(value))}{escape(delta)}</text></g>"
+                f"font-size='7'>{_pct(float(value))}{escape(delta)}</text></g>"
             )
     height = top + len(indices) * (rows * bar + gap) + 10
-    return _svg(left + width + 110, height, body, f"Per-class accuracy: {candidate_label}")
+    return _svg(left + width + 96, height, body, f"Per-class accuracy: {candidate_label}")
 
 
 def history_svg(points: Sequence[tuple[int, float]], production_version: int | None, title: str) -> str:

@@ -23,12 +23,63 @@ def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value in (None, "") else str(value))
 
 
-def render_evidence(evidence: dict[str, Any]) -> str:
-    """Markdown body of the approval request."""
+def _production(gate: dict[str, Any]) -> str:
+    if "production_version" not in gate:
+        return "unknown (no accuracy gate decision)"
+    if gate["production_version"] is None:
+        return "none: no model is in production yet, this version would be the first"
+    return f"v{gate['production_version']} at accuracy {_fmt(gate.get('production_accuracy'))}"
+
+
+def models_page_prefix() -> str:
+    """Where the Models page plugin serves, as a path on the Airflow UI's host: `[mlpipe] models_page_url`,
+    else `/mlpipe-models` under the path of `[api] base_url`; empty: no pictures or link."""
+    from urllib.parse import urlsplit
+
+    from airflow.configuration import conf
+
+    configured = conf.get("mlpipe", "models_page_url", fallback=None)
+    if configured is not None:
+        return configured.rstrip("/")
+    base_path = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    return f"{base_path}/mlpipe-models"
+
+
+def render_pictures(training: dict[str, Any], gate: dict[str, Any], models_page: str) -> list[str]:
+    """Markdown images of the staging evaluation, drawn by the Models page plugin (`models_page`, a path or
+    URL). Airflow's UI renders markdown images but drops `data:` URIs and raw HTML, so the pictures are
+    URLs on the same host; the browser sends the UI's session cookie and the plugin checks it."""
+    from urllib.parse import quote, urlencode
+
+    model, version = training.get("model_name"), training.get("version")
+    if not models_page or not model or version in (None, ""):
+        return []
+    base = f"{models_page}/api/models/{quote(str(model))}/versions/{quote(str(version))}"
+    production = gate.get("production_version")
+    against = f"?against={production}" if production is not None else ""
+    comparison = (
+        f"against production v{production}"
+        if production is not None
+        else "(no model in production to compare with)"
+    )
+    page = f"{models_page}/?{urlencode({'model': model, 'version': version})}"
+    return [
+        f"Per-class accuracy of v{version} on staging {comparison}, and its confusion matrix:",
+        "",
+        f"![Per-class accuracy of v{version} {comparison}]({base}/per_class.svg{against})",
+        f"![Confusion matrix of v{version} on staging]({base}/confusion.svg)",
+        "",
+        f"[{model} on the Models page: every version, accuracy history, promotions and rollbacks]({page})",
+        "",
+    ]
+
+
+def render_evidence(evidence: dict[str, Any], *, models_page: str = "") -> str:
+    """Markdown body of the approval request; `models_page` (path or URL of the Models page plugin) adds
+    its pictures and a link."""
     training = evidence.get("training") or {}
     staging = evidence.get("staging") or {}
     gate = evidence.get("gate") or {}
-    production = gate.get("production_accuracy")
     lines = [
         f"### {training.get('model_name', '?')} version {training.get('version', '?')}",
         "",
@@ -39,10 +90,11 @@ def render_evidence(evidence: dict[str, Any]) -> str:
         f"| Staging endpoint | {_fmt(staging.get('endpoint_url'))} |",
         f"| Accuracy (staging, {_fmt(staging.get('samples'))} test examples) | **{_fmt(staging.get('accuracy'))}** |",
         f"| Threshold (min_accuracy) | {_fmt(gate.get('min_accuracy'))} |",
-        f"| Production now | {_fmt(gate.get('production_version'))} at accuracy {_fmt(production)} |",
+        f"| Production now | {_production(gate)} |",
         f"| Allowed regression | {_fmt(gate.get('max_regression'))} |",
         f"| Training test accuracy | {_fmt(training.get('test_accuracy'))} |",
         "",
+        *render_pictures(training, gate, models_page),
         "Per-class accuracy (staging):",
         "",
         "| class | accuracy |",
@@ -66,6 +118,11 @@ class ApprovalSensor(ApprovalOperator):
     :param approvers: Airflow user names allowed to answer; default: the run's `approvers` param.
     :param response_timeout_minutes: how long to wait; default: the run's `approval_timeout_minutes`
         param, else 24 hours. On timeout the default answer, Reject, applies.
+    :param models_page: path or URL of the Models page plugin, for the pictures and the link in the request;
+        None: `models_page_prefix()` (`[mlpipe] models_page_url`, else `/mlpipe-models` on the UI's host);
+        "": no pictures.
+    :param notifiers: Airflow notifiers called once the request is written (e.g.
+        `notifications.PipelineNotifier(event="approval_requested", ...)`).
     """
 
     template_fields: Sequence[str] = (
@@ -83,9 +140,11 @@ class ApprovalSensor(ApprovalOperator):
         approvers: list[str] | None = None,
         response_timeout_minutes: int | str | None = None,
         subject: str = "Approve model for production?",
+        models_page: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(subject=subject, defaults=self.REJECT, **kwargs)
+        self.models_page = models_page
         self.evidence = evidence
         self.approvers = approvers
         self.response_timeout_minutes = response_timeout_minutes
@@ -122,7 +181,8 @@ class ApprovalSensor(ApprovalOperator):
         self.subject = (
             f"Approve {training.get('model_name', 'model')} v{training.get('version', '?')} for production?"
         )
-        self.body = render_evidence(evidence)
+        models_page = self.models_page if self.models_page is not None else models_page_prefix()
+        self.body = render_evidence(evidence, models_page=models_page)
         self.log.info("Approval requested from %s (timeout %s min, then Reject)", approvers, minutes)
         return super().execute(context)
 

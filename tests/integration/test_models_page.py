@@ -146,7 +146,7 @@ def test_viewer_reads_versions_timeline_and_pictures(stack: AirflowStack) -> Non
     assert confusion.headers["content-type"].startswith("image/svg+xml")
     assert "true Pullover, predicted T-shirt/top: 19 (19.0%)" in confusion.text
     per_class = get(f"{BASE}/api/models/{MODEL}/versions/3/per_class.svg")
-    assert "Pullover, v3: 77.0% (-3.0 points)" in per_class.text  # against production v2's 0.80
+    assert "Pullover, v3: 77.0% (-3.0 pts)" in per_class.text  # against production v2's 0.80
     assert "production v2" in per_class.text
     history = get(f"{BASE}/api/models/{MODEL}/history.svg")
     assert "v2: 0.8700 (production)" in history.text

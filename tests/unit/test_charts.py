@@ -33,8 +33,8 @@ def test_per_class_against_production_shows_both_and_the_change() -> None:
         production_label="production v2",
     )
     found = titles(svg)
-    assert "T-shirt/top, v3: 90.0% (+5.0 points)" in found
-    assert "<Pullover & co>, v3: 70.0% (-5.0 points)" in found
+    assert "T-shirt/top, v3: 90.0% (+5.0 pts)" in found
+    assert "<Pullover & co>, v3: 70.0% (-5.0 pts)" in found
     assert "<Pullover & co>, production v2: 75.0%" in found
 
 

@@ -52,7 +52,7 @@ def test_render_evidence_shows_what_a_reviewer_needs() -> None:
     assert row(body, "Staging endpoint") == "| Staging endpoint | http://127.0.0.1:41231 |"
     assert row(body, "Accuracy (staging") == "| Accuracy (staging, 10000 test examples) | **0.8765** |"
     assert row(body, "Threshold") == "| Threshold (min_accuracy) | 0.8500 |"
-    assert row(body, "Production now") == "| Production now | 5 at accuracy 0.8701 |"
+    assert row(body, "Production now") == "| Production now | v5 at accuracy 0.8701 |"
     assert row(body, "Allowed regression") == "| Allowed regression | 0.0200 |"
     assert row(body, "Training test accuracy") == "| Training test accuracy | 0.8812 |"
 
@@ -71,7 +71,7 @@ def test_render_evidence_with_nothing_known_does_not_fail() -> None:
     body = render_evidence({})
     assert body.splitlines()[0] == "### ? version ?"
     assert row(body, "Image") == "| Image | `-` |"
-    assert row(body, "Production now") == "| Production now | - at accuracy - |"
+    assert row(body, "Production now") == "| Production now | unknown (no accuracy gate decision) |"
     lines = body.splitlines()
     assert lines[lines.index("| class | accuracy |") + 2 :] == []
 
@@ -126,3 +126,52 @@ def test_execute_rejects_a_zero_minute_timeout() -> None:
     with pytest.raises(ConfigError) as info:
         sensor.execute({"params": {}})  # type: ignore[arg-type]
     assert info.value.field == "approval_timeout_minutes"
+
+
+def test_no_production_model_is_said_in_words() -> None:
+    evidence = {
+        **EVIDENCE,
+        "gate": {**EVIDENCE["gate"], "production_version": None, "production_accuracy": None},
+    }
+    body = render_evidence(evidence, models_page="/mlpipe-models")
+    assert row(body, "Production now") == (
+        "| Production now | none: no model is in production yet, this version would be the first |"
+    )
+    assert "at accuracy -" not in body
+    assert "(no model in production to compare with)" in body
+    # No `against`: the per-class picture compares with nothing.
+    assert "](/mlpipe-models/api/models/fashion_mnist/versions/7/per_class.svg)" in body
+
+
+def test_pictures_and_link_point_at_the_models_page() -> None:
+    body = render_evidence(EVIDENCE, models_page="/airflow/mlpipe-models")
+    lines = body.splitlines()
+    assert (
+        "![Per-class accuracy of v7 against production v5]"
+        "(/airflow/mlpipe-models/api/models/fashion_mnist/versions/7/per_class.svg?against=5)"
+    ) in lines
+    assert (
+        "![Confusion matrix of v7 on staging](/airflow/mlpipe-models/api/models/fashion_mnist/versions/7/confusion.svg)"
+        in lines
+    )
+    (link,) = [line for line in lines if "on the Models page" in line]
+    assert link.endswith("](/airflow/mlpipe-models/?model=fashion_mnist&version=7)")
+    # Markdown images, not data: URIs or HTML: the Airflow UI drops both (react-markdown's default URL filter,
+    # skipHtml).
+    assert "data:" not in body and "<img" not in body
+    # The per-class table stays last.
+    assert lines[-1].startswith("| 9 ")
+
+
+def test_no_pictures_without_a_models_page() -> None:
+    assert "![" not in render_evidence(EVIDENCE, models_page="")
+
+
+def test_models_page_prefix_follows_the_api_base_url_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_mlpipe.sensors.approval import models_page_prefix
+
+    monkeypatch.delenv("AIRFLOW__MLPIPE__MODELS_PAGE_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/team-a/")
+    assert models_page_prefix() == "/team-a/mlpipe-models"
+    monkeypatch.setenv("AIRFLOW__MLPIPE__MODELS_PAGE_URL", "")
+    assert models_page_prefix() == ""
