@@ -37,11 +37,10 @@ def confusion_svg(matrix: Sequence[Sequence[int]], class_names: Sequence[str] | 
     """Heatmap of `matrix[true][predicted]`; a cell's shade is its share of the true class' examples."""
     k = len(matrix)
     names = _names(class_names, k)
-    cell, left, top = 34.0, 120.0, 60.0
-    body = [f"<text x='{left}' y='20' font-size='14' font-weight='bold'>{escape(title)}</text>"]
-    body.append(
-        f"<text x='{left}' y='40' font-size='11' fill='#555'>rows: true class, columns: predicted</text>"
-    )
+    # About 300 px wide for ten classes: the Airflow UI shows an approval's pictures at most 300 px wide.
+    cell, left, top = 21.0, 84.0, 40.0
+    body = [f"<text x='4' y='14' font-size='11' font-weight='bold'>{escape(title)}</text>"]
+    body.append("<text x='4' y='29' font-size='9' fill='#555'>rows: true class, columns: predicted</text>")
     for i, row in enumerate(matrix):
         total = sum(row) or 1
         y = top + i * cell
@@ -59,8 +58,8 @@ def confusion_svg(matrix: Sequence[Sequence[int]], class_names: Sequence[str] | 
             body.append(
                 f"<g><title>true {escape(names[i])}, predicted {escape(names[j])}: {count} "
                 f"({_pct(share)})</title><rect x='{x:.0f}' y='{y:.0f}' width='{cell - 1:.0f}' "
-                f"height='{cell - 1:.0f}' fill='{colour}'/><text x='{x + cell / 2:.0f}' y='{y + cell / 2 + 4:.0f}' "
-                f"font-size='8' text-anchor='middle' fill='{ink}'>{count}</text></g>"
+                f"height='{cell - 1:.0f}' fill='{colour}'/><text x='{x + cell / 2:.0f}' y='{y + cell / 2 + 3:.0f}' "
+                f"font-size='7' text-anchor='middle' fill='{ink}'>{count}</text></g>"
             )
     for j in range(k):
         x = left + j * cell + cell / 2
