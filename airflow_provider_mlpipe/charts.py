@@ -68,7 +68,8 @@ def confusion_svg(matrix: Sequence[Sequence[int]], class_names: Sequence[str] | 
             f"<text x='{x:.0f}' y='{y:.0f}' font-size='9' text-anchor='end' "
             f"transform='rotate(-45 {x:.0f} {y:.0f})'>{escape(names[j])}</text>"
         )
-    return _svg(left + k * cell + 8, top + k * cell + 80, body, title)
+    # Never narrower than the title (a model with few classes).
+    return _svg(max(left + k * cell + 8, 12 + 6.5 * len(title)), top + k * cell + 80, body, title)
 
 
 def per_class_svg(
