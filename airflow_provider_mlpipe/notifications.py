@@ -296,6 +296,15 @@ class PipelineNotifier(BaseNotifier):
         )
 
 
+def _setting(value: str | None, key: str) -> str | None:
+    """An argument, else `[mlpipe] <key>` (empty: none)."""
+    if value is not None:
+        return value or None
+    from airflow.configuration import conf
+
+    return conf.get("mlpipe", key, fallback="") or None
+
+
 def pipeline_notifiers(
     *,
     dingtalk_conn_id: str | None = None,
@@ -303,17 +312,25 @@ def pipeline_notifiers(
     email_to: str | Sequence[str] | None = None,
     email_from: str | None = None,
 ) -> dict[Event, list[BaseNotifier]]:
-    """One notifier per event for a pipeline DAG (empty lists when no channel is configured)."""
-    if not (dingtalk_conn_id or smtp_conn_id):
+    """One notifier per event for a pipeline DAG; each channel from its argument, else from `[mlpipe]
+    notify_dingtalk_conn_id`, `notify_smtp_conn_id`, `notify_email_to` (comma-separated), `notify_email_from`
+    ("" turns a channel off). Empty lists when no channel is configured."""
+    dingtalk = _setting(dingtalk_conn_id, "notify_dingtalk_conn_id")
+    smtp = _setting(smtp_conn_id, "notify_smtp_conn_id")
+    if email_to is None:
+        raw = _setting(None, "notify_email_to") or ""
+        email_to = [address.strip() for address in raw.split(",") if address.strip()] or None
+    sender = _setting(email_from, "notify_email_from")
+    if not (dingtalk or smtp):
         return {event: [] for event in EVENTS}
     return {
         event: [
             PipelineNotifier(
                 event=event,
-                dingtalk_conn_id=dingtalk_conn_id,
-                smtp_conn_id=smtp_conn_id,
+                dingtalk_conn_id=dingtalk,
+                smtp_conn_id=smtp,
                 email_to=email_to,
-                email_from=email_from,
+                email_from=sender,
             )
         ]
         for event in EVENTS

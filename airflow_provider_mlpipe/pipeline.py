@@ -25,11 +25,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, Param, XComArg, task
+from airflow.sdk import DAG, BaseNotifier, Param, XComArg, task
 from airflow.sdk.definitions.param import ParamsDict
 
 from airflow_provider_mlpipe.exceptions import ConfigError
 from airflow_provider_mlpipe.modelstore.store import check_model_name
+from airflow_provider_mlpipe.notifications import Event, pipeline_notifiers
 from airflow_provider_mlpipe.operators.gates import AccuracyGateOperator
 from airflow_provider_mlpipe.operators.model_store import (
     ModelAliasOperator,
@@ -107,6 +108,10 @@ def build_pipeline(
     default_args: Mapping[str, Any] | None = None,
     max_active_runs: int = 16,
     start_date: datetime = START_DATE,
+    dingtalk_conn_id: str | None = None,
+    smtp_conn_id: str | None = None,
+    email_to: str | Sequence[str] | None = None,
+    models_page: str | None = None,
 ) -> DAG:
     """The pipeline DAG for one model.
 
@@ -121,9 +126,18 @@ def build_pipeline(
         names what is missing; None: that it exists.
     :param param_defaults: other run params' defaults for this pipeline (e.g. `min_accuracy`).
     :param default_args: merged over the pipeline's (2 task retries with backoff).
+    :param dingtalk_conn_id: DingTalk robot connection for the notifications (approval requested, a step
+        failed, promoted, rolled back); None: `[mlpipe] notify_dingtalk_conn_id` (empty: no DingTalk).
+    :param smtp_conn_id: SMTP connection for the same notifications by e-mail to `email_to`; None:
+        `[mlpipe] notify_smtp_conn_id` and `notify_email_to` (empty: no e-mail).
+    :param models_page: path or URL of the Models page plugin for the approval's pictures and link; None:
+        `[mlpipe] models_page_url`, else `/mlpipe-models` on the UI's host; "": no pictures.
     """
     evaluation_data = _check_evaluation_data(evaluation_data)
     params = pipeline_params(model_name, param_defaults)
+    notifiers = pipeline_notifiers(
+        dingtalk_conn_id=dingtalk_conn_id, smtp_conn_id=smtp_conn_id, email_to=email_to
+    )
     with DAG(
         dag_id=dag_id,
         description=description or f"Train, stage, gate, approve and deploy {model_name} from a pushed image",
@@ -138,12 +152,14 @@ def build_pipeline(
             # The run's in-task retries of transient errors: every provider operator and sensor takes
             # transient_retry (templated), so default_args hands it to each and to no other task.
             "transient_retry": "{{ params.retry_policy }}",
+            # Which step failed and why, once its retries are spent (record_outcome excepted, below).
+            "on_failure_callback": notifiers["run_failed"],
             **dict(default_args or {}),
         },
         tags=list(tags),
         doc_md=doc_md or __doc__,
     ) as dag:
-        _pipeline_tasks(evaluation_data, local_training_command, dataset_check)
+        _pipeline_tasks(evaluation_data, local_training_command, dataset_check, notifiers, models_page)
     return dag
 
 
@@ -151,6 +167,8 @@ def _pipeline_tasks(
     evaluation_data: str,
     local_training_command: Sequence[str] | None,
     dataset_check: Callable[[str], object] | None,
+    notifiers: Mapping[Event, list[BaseNotifier]],
+    models_page: str | None,
 ) -> None:
     @task(retries=0)
     def validate_params(**context: Any) -> dict[str, object]:
@@ -207,6 +225,8 @@ def _pipeline_tasks(
         evaluation_data=evaluation_data,
         model_store=STORE,
         sample_size="{{ params.evaluation_sample }}",
+        # Kept in the store for the approval's pictures and the Models page.
+        record_as="staging",
     )
     accuracy_gate = AccuracyGateOperator(
         task_id="accuracy_gate",
@@ -226,6 +246,8 @@ def _pipeline_tasks(
             "staging": evaluate_staging.output,
             "gate": XComArg(accuracy_gate, key="decision"),
         },
+        models_page=models_page,
+        notifiers=notifiers["approval_requested"],
         retries=0,
     )
     teardown_staging = ServingTeardownOperator(
@@ -266,6 +288,7 @@ def _pipeline_tasks(
         model_store=STORE,
         replicas="{{ params.kubernetes.replicas | default(1) }}",
         trigger_rule="one_failed",
+        on_success_callback=notifiers["rolled_back"],
     )
     promote_model = ModelPromoteOperator(
         task_id="promote_model",
@@ -277,6 +300,7 @@ def _pipeline_tasks(
         training=train.output,
         # Promote only over the production the gate compared against and the approver saw.
         expected_production=XComArg(accuracy_gate, key="decision"),
+        on_success_callback=notifiers["promoted"],
     )
     outcome = PipelineOutcomeOperator(
         task_id="record_outcome",
@@ -284,6 +308,8 @@ def _pipeline_tasks(
         model_store=STORE,
         trigger_rule="all_done",
         retries=0,
+        # It fails on purpose when a step failed: that step's own notification already said which and why.
+        on_failure_callback=[],
     )
 
     validated >> train >> deploy_staging >> evaluate_staging >> accuracy_gate >> [approval, accuracy_rejected]
@@ -314,15 +340,22 @@ def build_rollback_pipeline(
     doc_md: str | None = None,
     tags: Sequence[str] = TAGS,
     start_date: datetime = START_DATE,
+    dingtalk_conn_id: str | None = None,
+    smtp_conn_id: str | None = None,
+    email_to: str | Sequence[str] | None = None,
 ) -> DAG:
     """The DAG that puts the previous production version of `model_name` back and serves it.
 
     rollback alias (the store's `production` moves back to the version before it; the one rolled away from
     becomes `previous`) -> deploy production from that version -> verify production with a sample. A
     retried or repeated task of the same run adopts the rollback it already made instead of rolling back
-    twice. One run at a time: two at once would each move the alias one step.
+    twice. One run at a time: two at once would each move the alias one step. Notifications (rolled back, a
+    step failed) as `build_pipeline`'s.
     """
     check_model_name(model_name)
+    notifiers = pipeline_notifiers(
+        dingtalk_conn_id=dingtalk_conn_id, smtp_conn_id=smtp_conn_id, email_to=email_to
+    )
     evaluation_data = _check_evaluation_data(evaluation_data)
     params = ParamsDict(
         {
@@ -353,7 +386,11 @@ def build_rollback_pipeline(
         max_active_runs=1,
         params=params,
         render_template_as_native_obj=True,
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=15)},
+        default_args={
+            "retries": 2,
+            "retry_delay": timedelta(seconds=15),
+            "on_failure_callback": notifiers["run_failed"],
+        },
         tags=list(tags),
         doc_md=doc_md or build_rollback_pipeline.__doc__,
     ) as dag:
@@ -362,6 +399,7 @@ def build_rollback_pipeline(
             model_name=MODEL,
             model_store=STORE,
             reason="{{ params.reason }}",
+            on_success_callback=notifiers["rolled_back"],
         )
         deploy_production = ServingDeployOperator(
             task_id="deploy_production",

@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-def production_url() -> str:
-    """The local runtime's production endpoint: `[mlpipe] local_host` and `production_port`."""
-    return f"http://{config.local_host()}:{config.production_port()}"
+def production_url(model_name: str) -> str:
+    """The local runtime's production endpoint of `model_name`: `[mlpipe] local_host` and its production
+    port (`[mlpipe] production_ports`, else `production_port`)."""
+    return f"http://{config.local_host()}:{config.production_port(model_name)}"
 
 
 class BatchScoringOperator(StoreOperator):
@@ -38,7 +39,7 @@ class BatchScoringOperator(StoreOperator):
 
     XCom: {model_name, version, rows, output, class_counts}.
 
-    :param endpoint_url: the production endpoint; default `[mlpipe] local_host` : `production_port`.
+    :param endpoint_url: the production endpoint; default the local runtime's (`production_url`).
     :param input: examples as evaluation data (`.npz` path, file://, oss://, or `fashion-mnist:<dataset>`);
         only `inputs` is used (labels are not needed to score).
     :param output_dir: where the CSV goes; default `<AIRFLOW_HOME>/mlpipe/scores`.
@@ -102,7 +103,7 @@ class BatchScoringOperator(StoreOperator):
         except (TypeError, ValueError):
             raise ConfigError("limit", self.limit, "a whole number >= 0") from None
         version, why = self._version(context)
-        url = self.endpoint_url or production_url()
+        url = self.endpoint_url or production_url(self.model_name)
         self.log.info("Scoring %s with %s v%s (%s) at %s", self.input, self.model_name, version, why, url)
         data = load_evaluation_source(self.input, retry=self.transient_retry_policy)
         inputs = data.inputs[:limit] if limit else data.inputs

@@ -90,3 +90,66 @@ def test_the_rollback_pipeline_serves_and_verifies_the_models_previous_version()
 def test_the_second_example_dag_file_is_a_few_lines() -> None:
     lines = (REPO / "dags" / "mlpipe_digits.py").read_text().splitlines()
     assert len(lines) < 40
+
+
+def _events(callbacks: object) -> list[str]:
+    return [getattr(n, "event", type(n).__name__) for n in (callbacks or [])]  # type: ignore[attr-defined]
+
+
+def test_notifications_are_wired_to_their_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("DINGTALK_CONN_ID", "SMTP_CONN_ID", "EMAIL_TO", "EMAIL_FROM"):
+        monkeypatch.delenv(f"AIRFLOW__MLPIPE__NOTIFY_{key}", raising=False)
+    dag = build_pipeline(
+        dag_id="mlpipe_churn",
+        model_name="churn",
+        evaluation_data="oss://ml-data/churn/eval.npz",
+        dingtalk_conn_id="robot",
+        smtp_conn_id="smtp_default",
+        email_to=["ml@example.com"],
+        models_page="/airflow/mlpipe-models",
+    )
+    tasks = dag.task_dict
+    assert _events(tasks["approval"].notifiers) == ["approval_requested"]
+    assert tasks["approval"].models_page == "/airflow/mlpipe-models"
+    assert _events(tasks["promote_model"].on_success_callback) == ["promoted"]
+    assert _events(tasks["rollback_production"].on_success_callback) == ["rolled_back"]
+    # Every step tells of its own failure, except the last, which fails because another step did.
+    for task_id, task in tasks.items():
+        expected = [] if task_id == "record_outcome" else ["run_failed"]
+        assert _events(task.on_failure_callback) == expected, task_id
+    (notifier,) = tasks["promote_model"].on_success_callback
+    assert (notifier.dingtalk_conn_id, notifier.smtp_conn_id, notifier.email_to) == (
+        "robot",
+        "smtp_default",
+        ["ml@example.com"],
+    )
+    # The staging evaluation is kept in the store, for the approval's pictures and the Models page.
+    assert tasks["evaluate_staging"].record_as == "staging"
+    assert tasks["verify_production"].record_as is None
+
+    rollback = build_rollback_pipeline(
+        dag_id="mlpipe_churn_rollback",
+        model_name="churn",
+        evaluation_data="oss://ml-data/churn/eval.npz",
+        dingtalk_conn_id="robot",
+    )
+    assert _events(rollback.task_dict["rollback_alias"].on_success_callback) == ["rolled_back"]
+    assert _events(rollback.task_dict["deploy_production"].on_failure_callback) == ["run_failed"]
+
+
+def test_notification_channels_from_the_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__MLPIPE__NOTIFY_SMTP_CONN_ID", "smtp_team")
+    monkeypatch.setenv("AIRFLOW__MLPIPE__NOTIFY_EMAIL_TO", "a@example.com, b@example.com")
+    monkeypatch.delenv("AIRFLOW__MLPIPE__NOTIFY_DINGTALK_CONN_ID", raising=False)
+    dag = build_pipeline(dag_id="mlpipe_churn", model_name="churn", evaluation_data="x.npz")
+    (notifier,) = dag.task_dict["promote_model"].on_success_callback
+    assert (notifier.dingtalk_conn_id, notifier.smtp_conn_id, notifier.email_to) == (
+        None,
+        "smtp_team",
+        ["a@example.com", "b@example.com"],
+    )
+    # No channel at all: no notifiers.
+    monkeypatch.delenv("AIRFLOW__MLPIPE__NOTIFY_SMTP_CONN_ID")
+    quiet = build_pipeline(dag_id="mlpipe_churn", model_name="churn", evaluation_data="x.npz")
+    assert quiet.task_dict["approval"].notifiers == []
+    assert quiet.task_dict["train"].on_failure_callback in (None, [])
