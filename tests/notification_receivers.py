@@ -54,6 +54,19 @@ class _Inbox:
             self.items.append(item)
             self._cond.notify_all()
 
+    def wait_until(self, predicate: Any, wait_s: float = WAIT_S) -> Any:
+        """The first message for which `predicate` is true, waiting for it to arrive."""
+        with self._cond:
+            found: list[Any] = []
+
+            def seen() -> bool:
+                found[:] = [item for item in self.items if predicate(item)]
+                return bool(found)
+
+            if not self._cond.wait_for(seen, timeout=wait_s):
+                raise AssertionError(f"no matching message among {len(self.items)} received")
+            return found[0]
+
     def wait_for(self, count: int) -> list[Any]:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.items) >= count, timeout=WAIT_S):

@@ -31,6 +31,7 @@ from numpy import load as np_load
 from airflow_provider_mlpipe.demo.stack import AirflowClient, AirflowStack, StackConfig, free_port
 from airflow_provider_mlpipe.hooks.local_process import RUNNING, LocalProcessHook
 from airflow_provider_mlpipe.modelstore import open_store
+from tests.notification_receivers import dingtalk_receiver, smtp_receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -53,6 +54,11 @@ BASE_CONF: dict[str, Any] = {
 }
 
 
+DINGTALK_TOKEN, DINGTALK_SECRET = "e2e-robot", "SECe2e0123456789"
+# Each stack's notification receivers (a local SMTP server and DingTalk endpoint), by AIRFLOW_HOME.
+INBOXES: dict[Path, tuple[Any, Any]] = {}
+
+
 # Two Airflow set-ups run the same tests: the embedded one (SQLite, LocalExecutor) and the
 # production-like one (PostgreSQL metadata database, CeleryExecutor with two workers on Redis).
 @pytest.fixture(scope="module", params=["sqlite-local", "postgres-celery"])
@@ -66,22 +72,53 @@ def stack(
     extra: dict[str, Any] = {}
     if request.param == "postgres-celery":
         extra = {"sql_alchemy_conn": postgres_database(), "executor": "CeleryExecutor", "celery_workers": 2}
-    airflow = AirflowStack(
-        StackConfig(
-            home=home,
-            port=free_port(),
-            production_port=free_port(),
-            dataset_dir=str(fashion_mnist_dir),
-            users={"admin": ("admin", "admin-pw"), "intruder": ("op", "intruder-pw")},
-            # The webhook reads its secret and routes afresh on every push: `secret_run` sets them late.
-            extra_config={
-                "mlpipe": {"acr_webhook_config_ttl": "0", "production_ports": f"{DIGITS_MODEL}={free_port()}"}
-            },
-            **extra,
+    with (
+        smtp_receiver() as (smtp_port, smtp),
+        dingtalk_receiver(DINGTALK_TOKEN, DINGTALK_SECRET) as (dingtalk_port, dingtalk, _),
+    ):
+        # The pipelines notify through these two connections ([mlpipe] notify_*), to receivers in this process.
+        connections = {
+            "AIRFLOW_CONN_E2E_SMTP": json.dumps(
+                {
+                    "conn_type": "smtp",
+                    "host": "127.0.0.1",
+                    "port": smtp_port,
+                    "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "mlpipe@example.com"},
+                }
+            ),
+            "AIRFLOW_CONN_E2E_DINGTALK": json.dumps(
+                {
+                    "conn_type": "dingding",
+                    "host": f"http://127.0.0.1:{dingtalk_port}",
+                    "password": DINGTALK_TOKEN,
+                    "extra": {"secret": DINGTALK_SECRET},
+                }
+            ),
+        }
+        airflow = AirflowStack(
+            StackConfig(
+                home=home,
+                port=free_port(),
+                production_port=free_port(),
+                dataset_dir=str(fashion_mnist_dir),
+                users={"admin": ("admin", "admin-pw"), "intruder": ("op", "intruder-pw")},
+                # The webhook reads its secret and routes afresh on every push: `secret_run` sets them late.
+                extra_config={
+                    "mlpipe": {
+                        "acr_webhook_config_ttl": "0",
+                        "production_ports": f"{DIGITS_MODEL}={free_port()}",
+                        "notify_dingtalk_conn_id": "e2e_dingtalk",
+                        "notify_smtp_conn_id": "e2e_smtp",
+                        "notify_email_to": "ml-team@example.com",
+                    }
+                },
+                env=connections,
+                **extra,
+            )
         )
-    )
-    with airflow.running(DAG_ID):
-        yield airflow
+        INBOXES[airflow.home] = (smtp, dingtalk)
+        with airflow.running(DAG_ID):
+            yield airflow
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +204,44 @@ def test_happy_path_reaches_production(stack: AirflowStack, promoted: dict[str, 
     staging = _store(stack).get_alias("fashion_mnist", "staging")
     assert (staging["version"], staging["run_id"]) == (version, f"{DAG_ID}/{promoted['run_id']}")
     assert record["run_id"] == f"{DAG_ID}/{promoted['run_id']}"
+
+
+def test_promotion_notifies_and_runs_the_asset_consumer_dag(
+    stack: AirflowStack, admin: AirflowClient, promoted: dict[str, Any]
+) -> None:
+    """The approval request and the promotion reach both channels; the promotion's asset event starts
+    mlpipe_batch_scoring, which scores with the promoted version through the production endpoint."""
+    version, run_id = promoted["train"]["version"], promoted["run_id"]
+    smtp, dingtalk = INBOXES[stack.home]
+    for title in (
+        f"Approval requested: fashion_mnist v{version}",
+        f"Promoted: fashion_mnist v{version} is in production",
+    ):
+        mail = smtp.wait_until(lambda m, t=title: m.message["Subject"] == f"[mlpipe] {t}")
+        assert mail.rcpt_to == ["ml-team@example.com"]
+        chat = dingtalk.wait_until(lambda m, t=title: m.payload["markdown"]["title"] == t)
+        assert f"{DAG_ID} / {run_id}" in chat.payload["markdown"]["text"]
+    approval = dingtalk.wait_until(lambda m: m.payload["markdown"]["title"].startswith("Approval requested"))
+    assert (
+        f"/dags/{DAG_ID}/runs/{run_id}/tasks/approval/required_actions"
+        in approval.payload["markdown"]["text"]
+    )
+
+    consumer = "mlpipe_batch_scoring"
+    deadline = time.monotonic() + 300
+    scored: dict[str, Any] | None = None
+    while scored is None and time.monotonic() < deadline:
+        runs = admin.call("GET", f"/dags/{consumer}/dagRuns", params={"order_by": "start_date"})["dag_runs"]
+        for run in runs:
+            if run["run_type"] == "asset_triggered" and run["state"] == "success":
+                result = admin.xcom(consumer, run["dag_run_id"], "score")
+                if result["version"] == version:
+                    scored = result
+        time.sleep(2)
+    assert scored is not None, f"no successful asset-triggered {consumer} run scored v{version}"
+    assert scored["rows"] == 1000
+    rows = Path(scored["output"]).read_text().splitlines()
+    assert rows[0] == "index,class,class_name" and len(rows) == 1001
 
 
 def test_approval_request_shows_evidence_and_only_approvers_may_answer(promoted: dict[str, Any]) -> None:
