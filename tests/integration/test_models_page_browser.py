@@ -13,7 +13,6 @@ not used.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,18 @@ import pytest
 
 from airflow_provider_mlpipe.demo.stack import AirflowStack, StackConfig, free_port
 from airflow_provider_mlpipe.modelstore import open_store
+from tests.integration.browser import (
+    CHROMIUM,
+    browser_page,
+    image_loaded,
+    log_in,
+    models_page_frame,
+    table_rows,
+)
 from tests.integration.test_models_page import seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-CHROMIUM = "/usr/bin/chromium"
 DAG_ID = "mlpipe_approval_view"
 DAG = """
 from datetime import datetime
@@ -67,63 +73,35 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
 
 
 @pytest.fixture
-def page(stack: AirflowStack, tmp_path: Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            yield context.new_page()
-        finally:
-            browser.close()
-
-
-def log_in(page: Any, stack: AirflowStack, path: str) -> None:
-    """Open `path`: Airflow sends the browser to its login form, we sign in, it comes back to `path`."""
-    page.goto(stack.url + path)
-    page.get_by_label("Username").fill("admin")
-    page.get_by_label("Password").fill("admin")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"**{path}", timeout=60_000)
-
-
-def loaded(frame: Any, selector: str) -> None:
-    """The image at `selector` was fetched and decoded (a 401/403/404 leaves naturalWidth at 0)."""
-    frame.wait_for_function(
-        "(s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
-        arg=selector,
-        timeout=30_000,
-    )
+def page(stack: AirflowStack) -> Iterator[Any]:
+    with browser_page() as opened:
+        yield opened
 
 
 def test_models_page_in_the_airflow_ui(stack: AirflowStack, page: Any, tmp_path: Path) -> None:
-    log_in(page, stack, "/plugin/mlpipe-models")
-    # The navigation entry the plugin's external view adds.
-    page.locator('a[aria-label="Models"][href="/plugin/mlpipe-models"]').wait_for(timeout=60_000)
-    frame = page.frame_locator("iframe").first
-    versions = frame.locator("#versions tbody tr")
-    versions.first.wait_for(timeout=30_000)
-    rows = [r.split("\t") for r in versions.evaluate_all("rs => rs.map(r => r.innerText)")]
-    assert [(r[0], r[2], r[3].strip(), r[4]) for r in rows] == [
+    log_in(page, stack.url, "/plugin/mlpipe-models", "admin", "admin")
+    # The navigation entry the plugin's external view adds, and the page in its iframe.
+    frame = models_page_frame(page)
+    rows = table_rows(frame.locator("#versions tbody tr"))
+    assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
         ("3", "0.8900", "", "-"),
         ("2", "0.8700", "production", "bob"),
         ("1", "0.8500", "previous", "alice"),
     ]
-    timeline = frame.locator("#timeline tbody tr").evaluate_all("rs => rs.map(r => r.innerText)")
-    assert [t.split("\t")[1:5] for t in timeline] == [
+    timeline = table_rows(frame.locator("#timeline tbody tr"))
+    assert [t[1:5] for t in timeline] == [
         ["promotion", "v2", "0.8700", "bob"],
         ["promotion", "v1", "0.8500", "alice"],
     ]
-    per_class = frame.locator("#per-class tbody tr").evaluate_all("rs => rs.map(r => r.innerText)")
-    assert [p.split("\t") for p in per_class] == [
+    per_class = table_rows(frame.locator("#per-class tbody tr"))
+    assert per_class == [
         ["0 T-shirt/top", "0.9300", "0.9000", "3.0"],
         ["1 Trouser", "0.9700", "0.9500", "2.0"],
         ["2 Pullover", "0.7700", "0.8000", "-3.0"],
     ]
     inner = page.frames[-1]
     for selector in ("#history", "#per-class-img", "#confusion-img"):
-        loaded(inner, selector)
+        image_loaded(inner, selector)
     page.screenshot(path=str(tmp_path / "models-page.png"), full_page=True)
 
 
@@ -134,14 +112,13 @@ def test_approval_request_shows_the_pictures(stack: AirflowStack, page: Any, tmp
     run_id = admin.trigger(DAG_ID, {})
     stack.wait_parked(DAG_ID, run_id, "approval")
     path = f"/dags/{DAG_ID}/runs/{run_id}/tasks/approval/required_actions"
-    log_in(page, stack, path)
+    log_in(page, stack.url, path, "admin", "admin")
     page.get_by_text("v2 at accuracy 0.8700").wait_for(timeout=60_000)
     per_class = 'img[src$="/mlpipe-models/api/models/fashion_mnist/versions/3/per_class.svg?against=2"]'
     confusion = 'img[src$="/mlpipe-models/api/models/fashion_mnist/versions/3/confusion.svg"]'
     for selector in (per_class, confusion):
         page.locator(selector).wait_for(timeout=30_000)
-        loaded(page, selector)
+        image_loaded(page, selector)
     link = page.get_by_role("link", name="fashion_mnist on the Models page", exact=False)
     assert link.get_attribute("href").endswith("/mlpipe-models/?model=fashion_mnist&version=3")
     page.screenshot(path=str(tmp_path / "approval.png"), full_page=True)
-    shutil.copy(tmp_path / "approval.png", stack.home / "approval.png")

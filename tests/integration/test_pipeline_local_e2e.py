@@ -147,11 +147,33 @@ def _wait_awaiting_input(client: AirflowClient, run_id: str) -> dict[str, str | 
     return states
 
 
+def _approval_in_the_browser(stack: AirflowStack, run_id: str, screenshots: Path) -> dict[str, Any]:
+    """What a person sees of the waiting approval in the Airflow UI (Chromium): the request's text and whether
+    its pictures loaded; a screenshot in `screenshots`."""
+    from tests.integration.browser import browser_page, image_loaded, log_in
+
+    path = f"/dags/{DAG_ID}/runs/{run_id}/tasks/approval/required_actions"
+    with browser_page() as page:
+        log_in(page, stack.url, path, "admin", "admin-pw")
+        page.get_by_text("Per-class accuracy (staging):").wait_for(timeout=60_000)
+        images = {}
+        for name in ("per_class.svg", "confusion.svg"):
+            selector = f'img[src*="/mlpipe-models/api/models/fashion_mnist/versions/"][src*="/{name}"]'
+            image_loaded(page, selector)
+            images[name] = page.locator(selector).get_attribute("src")
+        page.screenshot(path=str(screenshots / "approval.png"))
+        return {"text": page.locator("body").inner_text(), "images": images}
+
+
 @pytest.fixture(scope="module")
-def promoted(stack: AirflowStack, admin: AirflowClient) -> dict[str, Any]:
+def promoted(
+    stack: AirflowStack, admin: AirflowClient, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """One full run: train, staging, gate, approval by REST, production, verify, promote."""
     run_id = admin.trigger(DAG_ID, BASE_CONF, run_id="e2e-happy")
     _wait_awaiting_input(admin, run_id)
+    screenshots = tmp_path_factory.mktemp("screenshots")
+    browser = _approval_in_the_browser(stack, run_id, screenshots)
     detail = admin.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approval/-1/hitlDetails")
     intruder = stack.client("intruder").respond(DAG_ID, run_id, "approval", "Approve", settle=0)
     approved = stack.respond(admin, DAG_ID, run_id, "approval", "Approve")
@@ -167,7 +189,43 @@ def promoted(stack: AirflowStack, admin: AirflowClient) -> dict[str, Any]:
         "staging": admin.xcom(DAG_ID, run_id, "evaluate_staging"),
         "production": admin.xcom(DAG_ID, run_id, "deploy_production"),
         "outcome": admin.xcom(DAG_ID, run_id, "record_outcome"),
+        "browser": browser,
+        "screenshots": screenshots,
     }
+
+
+def test_the_browser_shows_the_runs_approval_pictures_and_models_page(
+    stack: AirflowStack, promoted: dict[str, Any]
+) -> None:
+    """Chromium, logged in through Airflow's form: the approval request of this run showed its numbers and
+    pictures; after the promotion the Models page shows the version, its tables and charts."""
+    from tests.integration.browser import browser_page, image_loaded, log_in, models_page_frame, table_rows
+
+    version, staging = promoted["train"]["version"], promoted["staging"]
+    seen = promoted["browser"]
+    assert "Accuracy (staging, 1000 test examples)" in seen["text"]
+    assert f"{staging['accuracy']:.4f}" in seen["text"]
+    assert "none: no model is in production yet, this version would be the first" in seen["text"]
+    assert seen["images"]["per_class.svg"].endswith(f"/fashion_mnist/versions/{version}/per_class.svg")
+    assert seen["images"]["confusion.svg"].endswith(f"/fashion_mnist/versions/{version}/confusion.svg")
+
+    with browser_page() as page:
+        log_in(page, stack.url, "/plugin/mlpipe-models", "admin", "admin-pw")
+        frame = models_page_frame(page)
+        frame.locator(f'#versions tr[data-version="{version}"]').click()
+        frame.locator("#per-class tbody tr").first.wait_for(timeout=30_000)
+        rows = {row[0]: row for row in table_rows(frame.locator("#versions tbody tr"))}
+        row = rows[str(version)]
+        assert f"{promoted['train']['test_accuracy']:.4f}" == row[2]
+        assert "production" in row[3] and row[4] == "admin"
+        per_class = table_rows(frame.locator("#per-class tbody tr"))
+        assert len(per_class) == 10
+        assert per_class[9][0] == "9 Ankle boot"
+        assert per_class[9][1] == f"{staging['per_class_accuracy']['9']:.4f}"
+        inner = page.frames[-1]
+        for selector in ("#history", "#per-class-img", "#confusion-img"):
+            image_loaded(inner, selector)
+        page.screenshot(path=str(promoted["screenshots"] / "models-page.png"))
 
 
 def test_happy_path_reaches_production(stack: AirflowStack, promoted: dict[str, Any]) -> None:
