@@ -39,7 +39,7 @@ _ALIAS_DIR = "_aliases"
 _EVENTS = "_events"
 _CHUNK = 1 << 20
 # Fields of a production record that describe the version itself; a rollback carries them over.
-_ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest")
+_ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest", "endpoint_url")
 
 
 class Expect(Enum):
@@ -362,6 +362,7 @@ class ModelStore:
         approved_by: str | None,
         extra: dict[str, Any] | None,
         expected_generation: int | Expect | None = Expect.CURRENT,
+        reason: str = "promoted",
     ) -> dict[str, Any]:
         """Move `production` to `version`, recording the version it replaces under `previous`.
 
@@ -386,7 +387,7 @@ class ModelStore:
             expected_generation=expected,
             run_id=run_id,
             approved_by=approved_by,
-            reason="promoted",
+            reason=reason,
             extra=extra,
         )
         if current:
