@@ -207,12 +207,17 @@ def _pipeline_tasks(
         evaluation_data=evaluation_data,
         model_store=STORE,
         sample_size="{{ params.evaluation_sample }}",
+        # The champion (production) scored on the same examples in the same task: the gate's paired evidence.
+        compare_with_production=True,
     )
     accuracy_gate = AccuracyGateOperator(
         task_id="accuracy_gate",
         metrics=evaluate_staging.output,
         min_accuracy="{{ params.min_accuracy }}",
         max_regression="{{ params.max_regression }}",
+        confidence_level="{{ params.confidence_level }}",
+        min_class_accuracy="{{ params.min_class_accuracy }}",
+        max_class_drop="{{ params.max_class_drop }}",
         model_name=MODEL,
         model_store=STORE,
         pass_task_id="approval",
@@ -277,6 +282,8 @@ def _pipeline_tasks(
         training=train.output,
         # Promote only over the production the gate compared against and the approver saw.
         expected_production=XComArg(accuracy_gate, key="decision"),
+        # Recorded with the promotion: the next run's gate scores this model there, as the champion.
+        production_endpoint=XComArg(deploy_production, key="url"),
     )
     outcome = PipelineOutcomeOperator(
         task_id="record_outcome",
