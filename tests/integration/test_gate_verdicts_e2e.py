@@ -161,10 +161,12 @@ def test_a_class_below_its_floor_fails_naming_it_though_overall_accuracy_is_high
     assert floor["outcome"]["outcome"] == "rejected_by_gate"
     assert floor["run_state"] == "success"
     assert floor["states"]["approval"] == "skipped" and floor["states"]["deploy_production"] == "skipped"
-    production = open_store((stack.home / "mlpipe" / "models").as_uri()).get_alias(
+    # Never in production: the next run's gate still compared against the first model.
+    history = open_store((stack.home / "mlpipe" / "models").as_uri()).alias_history(
         "fashion_mnist", "production"
     )
-    assert production["version"] == first["train"]["version"]
+    assert floor["train"]["version"] not in [h["version"] for h in history]
+    assert runs["better"]["decision"]["production_version"] == first["train"]["version"]
 
 
 def test_a_clearly_better_model_passes(stack: AirflowStack, runs: dict[str, dict[str, Any]]) -> None:
@@ -178,9 +180,15 @@ def test_a_clearly_better_model_passes(stack: AirflowStack, runs: dict[str, dict
     body = better["detail"]["body"]
     assert "**Accuracy gate: PASS**" in body and "Difference (candidate - production)" in body
     assert better["detail"]["params"] in ({}, None)  # no reason asked for
-    record = open_store((stack.home / "mlpipe" / "models").as_uri()).get_alias("fashion_mnist", "production")
-    assert record["version"] == better["train"]["version"]
-    assert record["gate_verdict"] == "pass" and record["endpoint_url"].startswith("http://")
+    # Its promotion (a later run promoted another version since): the verdict and the endpoint the next
+    # run's gate scored it at.
+    history = open_store((stack.home / "mlpipe" / "models").as_uri()).alias_history(
+        "fashion_mnist", "production"
+    )
+    record = next(h for h in history if h["version"] == better["train"]["version"])
+    assert record["gate_verdict"] == "pass" and record["approval_reason"] is None
+    assert record["endpoint_url"] == runs["equal"]["staging"]["champion"]["endpoint_url"]
+    assert record["endpoint_url"].startswith("http://127.0.0.1:")
 
 
 def test_equal_within_noise_is_inconclusive_and_the_reason_is_recorded(
