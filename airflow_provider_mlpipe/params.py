@@ -107,6 +107,7 @@ HYPERPARAMETERS: dict[str, Bounded] = {
     "test_limit": Bounded(int, 0, 10**9),
 }
 FRACTION = Bounded(float, 0, 1)
+CONFIDENCE = Bounded(float, 0.5, 0.999)
 GPUS = Bounded(int, 0, 16)
 REPLICAS = Bounded(int, 1, 50)
 RETRY_POLICY: dict[str, Bounded] = {
@@ -181,7 +182,23 @@ RUN_PARAMS: dict[str, RunParam] = {
         default="",
     ),
     "min_accuracy": RunParam(FRACTION.schema(), "Accuracy gate floor", default=0.85),
-    "max_regression": RunParam(FRACTION.schema(), "Allowed accuracy drop vs production", default=0.01),
+    "max_regression": RunParam(
+        FRACTION.schema(),
+        "Allowed accuracy drop vs production: fail if worse by more with confidence, inconclusive if the "
+        "interval straddles it",
+        default=0.01,
+    ),
+    "confidence_level": RunParam(
+        CONFIDENCE.schema(), "Confidence level of the accuracy gate's intervals", default=0.95
+    ),
+    "min_class_accuracy": RunParam(
+        FRACTION.schema(), "Per-class accuracy floor of the gate (0: none)", default=0.0
+    ),
+    "max_class_drop": RunParam(
+        FRACTION.schema(),
+        "Largest per-class accuracy drop vs production the gate allows (1: none)",
+        default=1.0,
+    ),
     "evaluation_sample": RunParam(
         {"type": "integer", "minimum": 0}, "Test images scored on staging (0 = all)", default=0
     ),

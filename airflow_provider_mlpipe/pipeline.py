@@ -227,12 +227,17 @@ def _pipeline_tasks(
         sample_size="{{ params.evaluation_sample }}",
         # Kept in the store for the approval's pictures and the Models page.
         record_as="staging",
+        # The champion (production) scored on the same examples in the same task: the gate's paired evidence.
+        compare_with_production=True,
     )
     accuracy_gate = AccuracyGateOperator(
         task_id="accuracy_gate",
         metrics=evaluate_staging.output,
         min_accuracy="{{ params.min_accuracy }}",
         max_regression="{{ params.max_regression }}",
+        confidence_level="{{ params.confidence_level }}",
+        min_class_accuracy="{{ params.min_class_accuracy }}",
+        max_class_drop="{{ params.max_class_drop }}",
         model_name=MODEL,
         model_store=STORE,
         pass_task_id="approval",
@@ -301,6 +306,8 @@ def _pipeline_tasks(
         # Promote only over the production the gate compared against and the approver saw.
         expected_production=XComArg(accuracy_gate, key="decision"),
         on_success_callback=notifiers["promoted"],
+        # Recorded with the promotion: the next run's gate scores this model there, as the champion.
+        production_endpoint=XComArg(deploy_production, key="url"),
     )
     outcome = PipelineOutcomeOperator(
         task_id="record_outcome",

@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
 from airflow_provider_mlpipe.params import (
+    CONFIDENCE,
     DIGEST_EXPECTED,
     DIGEST_RE,
     HYPERPARAMETERS,
@@ -77,6 +78,17 @@ def check_fraction(field: str, value: object) -> float:
     return number
 
 
+def check_confidence(value: object) -> float:
+    """The confidence level of the accuracy gate's intervals (a JSON number or its text, as templated)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError("confidence_level", value, CONFIDENCE.expected) from None
+    if isinstance(value, bool) or not CONFIDENCE.minimum <= number <= CONFIDENCE.maximum:
+        raise ConfigError("confidence_level", value, CONFIDENCE.expected)
+    return number
+
+
 def check_retry_policy(value: object) -> dict[str, int | float]:
     """The run's in-task retry policy of transient errors, complete (missing keys take the defaults)."""
     return RetryPolicy.from_conf(value).as_conf()
@@ -137,6 +149,15 @@ def check_run_params(
         "model_name": check_model_name(params.get("model_name", RUN_PARAMS["model_name"].default)),
         "min_accuracy": check_fraction("min_accuracy", params.get("min_accuracy")),
         "max_regression": check_fraction("max_regression", params.get("max_regression")),
+        "confidence_level": check_confidence(
+            params.get("confidence_level", RUN_PARAMS["confidence_level"].default)
+        ),
+        "min_class_accuracy": check_fraction(
+            "min_class_accuracy", params.get("min_class_accuracy", RUN_PARAMS["min_class_accuracy"].default)
+        ),
+        "max_class_drop": check_fraction(
+            "max_class_drop", params.get("max_class_drop", RUN_PARAMS["max_class_drop"].default)
+        ),
         "hyperparameters": check_hyperparameters(params.get("hyperparameters")),
         "retry_policy": check_retry_policy(params.get("retry_policy")),
     }

@@ -345,11 +345,17 @@ class AirflowStack:
         )
 
     def respond(
-        self, client: AirflowClient, dag_id: str, run_id: str, task_id: str, option: str
+        self,
+        client: AirflowClient,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        option: str,
+        params_input: dict[str, Any] | None = None,
     ) -> requests.Response:
         """Answer a human-in-the-loop task as `client`'s user once it is safely parked (`wait_parked`)."""
         self.wait_parked(dag_id, run_id, task_id)
-        return client.respond(dag_id, run_id, task_id, option, settle=0)
+        return client.respond(dag_id, run_id, task_id, option, settle=0, params_input=params_input)
 
 
 class AirflowClient:
@@ -411,9 +417,17 @@ class AirflowClient:
         return body["value"]
 
     def respond(
-        self, dag_id: str, run_id: str, task_id: str, option: str, *, settle: float = 5.0
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        option: str,
+        *,
+        settle: float = 5.0,
+        params_input: dict[str, Any] | None = None,
     ) -> requests.Response:
-        """Answer a human-in-the-loop task (Approve / Reject) as this client's user.
+        """Answer a human-in-the-loop task (Approve / Reject) as this client's user; `params_input` fills
+        the request's fields (e.g. the `reason` an inconclusive accuracy gate asks for).
 
         Airflow 3.3.2 races a response that arrives within about a second of the task parking: the
         scheduler then handles the parked attempt's late executor event after the resume and fails the
@@ -425,7 +439,7 @@ class AirflowClient:
         return self.request(
             "PATCH",
             f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-            json={"chosen_options": [option], "params_input": {}},
+            json={"chosen_options": [option], "params_input": params_input or {}},
         )
 
     def wait_for_run(

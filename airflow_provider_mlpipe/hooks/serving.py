@@ -143,13 +143,15 @@ class ServingHook(BaseHook):
         batch_size: int = 500,
         num_classes: int | None = None,
         output: str | None = None,
+        keep_predictions: bool = False,
     ) -> dict[str, Any]:
         """Accuracy, per-class accuracy and confusion matrix of the endpoint on (inputs, labels).
 
         `images` are the model's inputs, examples on the first axis, already in the form the model takes
         (`serving_signature.prepare_instances`). `num_classes` is K, the width of the scores each example
         gets; None: the width the endpoint answers with. `output` names the output that holds the scores
-        when the model has several.
+        when the model has several. `keep_predictions` adds `predictions`, the class predicted for each
+        example (a numpy array, for the caller to reduce: not for XCom).
         """
         import numpy as np
 
@@ -194,7 +196,7 @@ class ServingHook(BaseHook):
         per_class = {
             str(c): (float(confusion[c, c] / support[c]) if support[c] else None) for c in range(classes)
         }
-        return {
+        result = {
             "accuracy": float((pred == truth).mean()),
             "samples": len(truth),
             "num_classes": classes,
@@ -202,6 +204,9 @@ class ServingHook(BaseHook):
             "confusion_matrix": confusion.tolist(),
             "seconds": round(time.monotonic() - started, 3),
         }
+        if keep_predictions:
+            result["predictions"] = pred
+        return result
 
 
 def _pick_output(rows: list[Any], output: str | None, url: str) -> list[Any]:

@@ -41,7 +41,7 @@ _EVALUATIONS = "_evaluations"
 EVALUATION_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 _CHUNK = 1 << 20
 # Fields of a production record that describe the version itself; a rollback carries them over.
-_ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest")
+_ROLLBACK_CARRIED = ("accuracy", "evaluated_samples", "image", "digest", "endpoint_url")
 
 
 class Expect(Enum):
@@ -382,6 +382,7 @@ class ModelStore:
         approved_by: str | None,
         extra: dict[str, Any] | None,
         expected_generation: int | Expect | None = Expect.CURRENT,
+        reason: str = "promoted",
     ) -> dict[str, Any]:
         """Move `production` to `version`, recording the version it replaces under `previous`.
 
@@ -406,7 +407,7 @@ class ModelStore:
             expected_generation=expected,
             run_id=run_id,
             approved_by=approved_by,
-            reason="promoted",
+            reason=reason,
             extra=extra,
         )
         if current:

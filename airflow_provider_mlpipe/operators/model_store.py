@@ -29,6 +29,15 @@ def _approver(approval: object) -> str | None:
     return None
 
 
+def _approval_reason(approval: object) -> str | None:
+    """The approver's written reason (the approval's `reason` params input), stripped; None if none."""
+    if isinstance(approval, dict):
+        reason = approval.get("reason")
+        if isinstance(reason, str) and reason.strip():
+            return reason.strip()
+    return None
+
+
 def _version(value: object) -> int:
     try:
         return int(value)  # type: ignore[call-overload]
@@ -148,6 +157,11 @@ class ModelPromoteOperator(StoreOperator):
     :param expected_production: the accuracy gate's `decision` XCom. Given, production must still be the
         generation the gate compared against (none, when there was no production), else the task fails
         without retries: the approval was given against that evidence. None: production as read here.
+        Its verdict and interval are recorded with the promotion; after an inconclusive verdict the
+        approver's written reason (the approval's `reason`) is required and becomes the alias record's
+        reason, so `history production` shows why the version went through.
+    :param production_endpoint: the production endpoint's URL (or the deploy task's XCom), recorded as
+        `endpoint_url`: the next run's gate scores the champion there.
     :param emit_asset_event: declare the asset alias `assets.PRODUCTION_ALIAS` as outlet and emit an event on
         `assets.production_asset(model_name)` (version and accuracy in its extra) once production moved.
     :param oss_conn_id: Airflow connection (type `oss`) for an oss:// store.
@@ -162,6 +176,7 @@ class ModelPromoteOperator(StoreOperator):
             "evaluation",
             "training",
             "expected_production",
+            "production_endpoint",
         ),
     )
 
@@ -174,6 +189,7 @@ class ModelPromoteOperator(StoreOperator):
         training: dict[str, Any] | Any = None,
         expected_production: dict[str, Any] | Any = None,
         emit_asset_event: bool = True,
+        production_endpoint: str | dict[str, Any] | Any = None,
         **kwargs: Any,
     ) -> None:
         if emit_asset_event:
@@ -185,6 +201,7 @@ class ModelPromoteOperator(StoreOperator):
         self.evaluation = evaluation
         self.training = training
         self.expected_production = expected_production
+        self.production_endpoint = production_endpoint
 
     def execute(self, context: Context) -> dict[str, Any]:
         version = _version(self.version)
@@ -193,6 +210,25 @@ class ModelPromoteOperator(StoreOperator):
         run = run_key(context)
         checked = self.expected_production is not None
         expected = _expected_generation(self.expected_production) if checked else Expect.CURRENT
+        gate = self.expected_production if isinstance(self.expected_production, dict) else {}
+        verdict = gate.get("verdict")
+        approval_reason = _approval_reason(self.approval)
+        if verdict == "inconclusive" and not approval_reason:
+            raise AirflowFailException(
+                f"{self.model_name} v{version}: the accuracy gate was inconclusive and the approval carries no "
+                "written reason: expected the approver's reason (the approval's `reason` field); not promoted"
+            )
+        endpoint = self.production_endpoint
+        endpoint_url = endpoint.get("url") if isinstance(endpoint, dict) else endpoint
+        reason = "promoted"
+        if verdict:
+            reason = f"promoted (gate {verdict}"
+            if gate.get("difference_interval"):
+                low, high = gate["difference_interval"]
+                reason += f", difference to production [{low:+.4f}, {high:+.4f}]"
+            reason += ")"
+        if approval_reason:
+            reason += f"; approver's reason: {approval_reason}"
         store = self.store_hook.store
         try:
             record = store.promote(
@@ -205,8 +241,14 @@ class ModelPromoteOperator(StoreOperator):
                     "evaluated_samples": evaluation.get("samples"),
                     "image": training.get("image"),
                     "digest": training.get("digest"),
+                    "endpoint_url": endpoint_url if isinstance(endpoint_url, str) and endpoint_url else None,
+                    "gate_verdict": verdict,
+                    "gate_difference_interval": gate.get("difference_interval"),
+                    "gate_accuracy_interval": gate.get("accuracy_interval"),
+                    "approval_reason": approval_reason,
                 },
                 expected_generation=expected,
+                reason=reason,
             )
         except AliasConflictError as err:
             winner = store.get_alias(self.model_name, "production") or {}
@@ -386,6 +428,8 @@ class PipelineOutcomeOperator(StoreOperator):
         elif chosen == "Reject":
             who = _approver(approval) or "timeout (default Reject)"
             outcome, reason = "rejected_by_approver", f"rejected by {who}"
+            if isinstance(approval, dict) and approval.get("refused"):
+                reason += f" ({approval['refused']})"
         else:
             outcome, reason = "incomplete", f"task states: {states}"
         record = {

@@ -8,12 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError, ServingError, StoreNotFound
+from airflow_provider_mlpipe.exceptions import (
+    ConfigError,
+    DatasetError,
+    MlpipeError,
+    ServingError,
+    StoreNotFound,
+)
 from airflow_provider_mlpipe.hooks.serving import ServingHook
 from airflow_provider_mlpipe.operators.base import StoreOperator, merged_template_fields
 from airflow_provider_mlpipe.validation import check_fraction
 
 if TYPE_CHECKING:
+    import numpy as np
     from airflow.sdk import Context, XComArg
 
     from airflow_provider_mlpipe.evaluation import EvaluationData
@@ -40,7 +47,18 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
     staging server ends in a clean failure instead of a sensor timeout.
 
     XCom: accuracy, per-class accuracy, confusion matrix, number of samples and classes, class names,
-    the model input scored, version and endpoint.
+    the model input scored, version and endpoint; with `compare_with_production`, `champion` too.
+
+    **Champion** (`compare_with_production=True`, the staging evaluation): the model the store's
+    `production` alias points at is scored in the same poke, on the same examples (the same fixed-seed
+    sample), through the endpoint its promotion recorded (`endpoint_url`; `champion_endpoint_url`
+    overrides). `champion` then holds its version, alias generation, endpoint, accuracy, per-class
+    accuracy and `paired_counts`: per class `[both correct, candidate only, champion only, neither]`, all
+    the paired statistics of the gate need (`airflow_provider_mlpipe.gate_statistics`), a few integers
+    whatever the number of examples. No production: `champion` is None. A champion that cannot be scored
+    (no endpoint recorded, the endpoint does not serve that version, or does not answer after the client's
+    retries) is reported in `champion.error` instead of failing the task: the gate then hands the decision
+    to a person (inconclusive) rather than blocking every deployment on a broken production endpoint.
 
     :param endpoint_url: URL (or the ServingDeployOperator's XCom) of the endpoint.
     :param version: version expected to be AVAILABLE (None: any).
@@ -55,6 +73,8 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
     :param min_accuracy: if set, fail when accuracy is below it.
     :param baseline_accuracy: if set, fail when accuracy is below `baseline_accuracy - tolerance`
         (production verification against the staging score).
+    :param compare_with_production: also score the production model on the same examples (see above).
+    :param champion_endpoint_url: the champion's endpoint; None: the one its promotion recorded.
     :param transient_retry: how the REST client retries transient failures before this poke fails, e.g.
         {"attempts": 8, "base_delay": 0.5, "max_delay": 60}; None: `RetryPolicy()`.
     :param record_as: if set (e.g. `staging`), also keep the evaluation in the model store under this name
@@ -72,6 +92,7 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
             "sample_size",
             "min_accuracy",
             "baseline_accuracy",
+            "champion_endpoint_url",
         ),
     )
     ui_color = "#fcf3cf"
@@ -90,6 +111,8 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
         baseline_accuracy: float | str | XComArg | None = None,
         tolerance: float = 0.05,
         record_as: str | None = None,
+        compare_with_production: bool = False,
+        champion_endpoint_url: str | None = None,
         poke_interval: float = 5.0,
         timeout: float = timedelta(minutes=15).total_seconds(),
         mode: str = "reschedule",
@@ -113,6 +136,9 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
         self.baseline_accuracy = baseline_accuracy
         self.tolerance = tolerance
         self.record_as = record_as
+
+        self.compare_with_production = compare_with_production
+        self.champion_endpoint_url = champion_endpoint_url
 
     def _evaluation_data(self) -> EvaluationData:
         from airflow_provider_mlpipe.datasets import load_evaluation_source
@@ -206,7 +232,9 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
             batch_size=self.batch_size,
             num_classes=width,
             output=self.output_name,
+            keep_predictions=self.compare_with_production,
         )
+        predictions = metrics.pop("predictions", None)
         metrics.update(
             {
                 "version": version,
@@ -228,12 +256,98 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
             metrics["seconds"],
             metrics["per_class_accuracy"],
         )
+        if self.compare_with_production and predictions is not None:
+            metrics["champion"] = self._score_champion(data, predictions, metrics["num_classes"])
         self._check(metrics["accuracy"])
         if self.record_as:
             # Before the XCom: a retry after a failed write measures and records again.
             self.store_hook.store.record_evaluation(self.model_name, served, self.record_as, metrics)
         context["ti"].xcom_push(key="accuracy", value=metrics["accuracy"])
         return PokeReturnValue(is_done=True, xcom_value=metrics)
+
+    def _score_champion(
+        self, data: EvaluationData, candidate_pred: np.ndarray, num_classes: int
+    ) -> dict[str, Any] | None:
+        """The production model scored on `data`, paired with the candidate's predictions (see the class)."""
+        import numpy as np
+
+        from airflow_provider_mlpipe.serving_signature import prepare_instances
+
+        record = self.store_hook.production_record(self.model_name)
+        if not record:
+            self.log.info("No production model of %s: the candidate is the first", self.model_name)
+            return None
+        version = int(record["version"])  # type: ignore[call-overload]
+        url = self.champion_endpoint_url or record.get("endpoint_url")
+        champion: dict[str, Any] = {
+            "version": version,
+            "generation": record.get("generation"),
+            "endpoint_url": url,
+            "recorded_accuracy": record.get("accuracy"),
+            "error": None,
+        }
+        if not url or not isinstance(url, str):
+            champion["error"] = (
+                f"production v{version} of {self.model_name} has no endpoint_url in its promotion record "
+                "(promoted before champions were recorded with their endpoint): set champion_endpoint_url"
+            )
+            self.log.warning("Champion not scored: %s", champion["error"])
+            return champion
+        try:
+            hook = ServingHook(_endpoint_url(url), self.model_name, retry=self.transient_retry_policy)
+            available = hook.available_versions()
+            if version not in available:
+                raise ServingError(
+                    f"{url} serves versions {available} of {self.model_name}, not production v{version}"
+                )
+            signature = hook.signature(version)
+            instances = prepare_instances(
+                data.inputs, signature.single_input(), source=data.source, where=signature.where
+            )
+            scored = hook.evaluate(
+                instances,
+                data.labels,
+                version=version,
+                batch_size=self.batch_size,
+                num_classes=signature.output_width(self.output_name),
+                output=self.output_name,
+                keep_predictions=True,
+            )
+            if scored["num_classes"] != num_classes:
+                raise ServingError(
+                    f"production v{version} at {url} scores {scored['num_classes']} classes, the candidate "
+                    f"{num_classes}: expected the same classes"
+                )
+        except MlpipeError as err:
+            champion["error"] = (
+                f"production v{version} of {self.model_name} at {url} could not be scored: {err}"
+            )
+            self.log.warning("Champion not scored: %s", champion["error"])
+            return champion
+        truth = np.asarray(data.labels, dtype=np.int64)
+        candidate_wrong = (candidate_pred != truth).astype(np.int64)
+        champion_wrong = (scored["predictions"] != truth).astype(np.int64)
+        # Cell per example: 0 both correct, 1 candidate only, 2 champion only, 3 neither.
+        counts = np.zeros((num_classes, 4), dtype=np.int64)
+        np.add.at(counts, (truth, 2 * candidate_wrong + champion_wrong), 1)
+        champion.update(
+            {
+                "accuracy": scored["accuracy"],
+                "per_class_accuracy": scored["per_class_accuracy"],
+                "samples": scored["samples"],
+                "paired_counts": counts.tolist(),
+            }
+        )
+        self.log.info(
+            "Champion %s v%s at %s: accuracy %.4f on the same %d examples; paired counts %s",
+            self.model_name,
+            version,
+            url,
+            scored["accuracy"],
+            scored["samples"],
+            counts.sum(axis=0).tolist(),
+        )
+        return champion
 
     def _check(self, accuracy: float) -> None:
         if self.min_accuracy not in (None, ""):

@@ -2,7 +2,10 @@
 
 Built on Airflow's human-in-the-loop ApprovalOperator: the request appears under "Required actions",
 the task waits in `awaiting_input` (no worker slot, no trigger), and a rejection skips the production
-branch. The body shows the evidence needed to decide.
+branch. The body shows the evidence needed to decide: the gate's verdict (pass or inconclusive) with its
+intervals. After an inconclusive verdict the request has a `reason` field: Approve needs a written reason,
+which is recorded with the promotion; an Approve without one counts as Reject (said in the log and in the
+decision), since nobody could later tell why an unproven model went to production.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param
+from airflow.sdk.definitions.param import ParamsDict
 
 from airflow_provider_mlpipe.exceptions import ConfigError
 
@@ -21,6 +26,57 @@ if TYPE_CHECKING:
 
 def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value in (None, "") else str(value))
+
+
+INCONCLUSIVE = "inconclusive"
+REASON_PARAM = "reason"
+
+
+def _interval(value: object) -> str:
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
+        return f"[{value[0]:+.4f}, {value[1]:+.4f}]"
+    return "-"
+
+
+def _gate_lines(gate: dict[str, Any]) -> list[str]:
+    verdict = gate.get("verdict")
+    if not verdict:
+        return []
+    level = gate.get("confidence")
+    lines = [
+        f"**Accuracy gate: {str(verdict).upper()}**" + (f" ({level:.0%} intervals)" if level else ""),
+        "",
+    ]
+    if verdict == INCONCLUSIVE:
+        lines += [
+            "The data cannot tell whether this model is good enough. To approve, write your reason in the "
+            f"`{REASON_PARAM}` field: it is recorded with the promotion. Approve without a reason counts as Reject.",
+            "",
+        ]
+    acc = gate.get("accuracy_interval")
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| Accuracy interval (staging) | {_interval(acc).replace('+', '')} |",
+    ]
+    if gate.get("difference_interval") is not None:
+        lines += [
+            f"| Production v{_fmt(gate.get('production_version'))} on the same examples | "
+            f"{_fmt(gate.get('champion_accuracy'))} |",
+            f"| Difference (candidate - production) | {gate.get('difference', 0):+.4f}, interval "
+            f"{_interval(gate.get('difference_interval'))} |",
+            f"| McNemar exact p (equal accuracy) | {_fmt(gate.get('mcnemar_p'))} |",
+            f"| Examples only the candidate / only production got right | {_fmt(gate.get('discordant'))} |",
+        ]
+    for key, title in (("broken_classes", "Broke a floor"), ("uncertain_classes", "May break a floor")):
+        classes = gate.get(key) or []
+        if classes:
+            named = ", ".join(
+                f"{c.get('class')} {c.get('name') or ''} ({c.get('floor')})".strip() for c in classes
+            )
+            lines.append(f"| {title} | {named} |")
+    lines += ["", "Reasons:", ""] + [f"- {reason}" for reason in gate.get("reasons") or []] + [""]
+    return lines
 
 
 def _production(gate: dict[str, Any]) -> str:
@@ -83,6 +139,7 @@ def render_evidence(evidence: dict[str, Any], *, models_page: str = "") -> str:
     lines = [
         f"### {training.get('model_name', '?')} version {training.get('version', '?')}",
         "",
+        *_gate_lines(gate),
         "| | |",
         "|---|---|",
         f"| Image | `{_fmt(training.get('image'))}` |",
@@ -108,6 +165,12 @@ def render_evidence(evidence: dict[str, Any], *, models_page: str = "") -> str:
         name = f" {names[index]}" if index < len(names) else ""
         lines.append(f"| {index}{name} | {_fmt(per_class.get(str(index)))} |")
     return "\n".join(lines)
+
+
+def _verdict(evidence: object) -> str | None:
+    gate = evidence.get("gate") if isinstance(evidence, dict) else None
+    verdict = gate.get("verdict") if isinstance(gate, dict) else None
+    return verdict if isinstance(verdict, str) else None
 
 
 class ApprovalSensor(ApprovalOperator):
@@ -181,6 +244,19 @@ class ApprovalSensor(ApprovalOperator):
         self.subject = (
             f"Approve {training.get('model_name', 'model')} v{training.get('version', '?')} for production?"
         )
+        if _verdict(evidence) == INCONCLUSIVE:
+            self.subject += " (accuracy gate inconclusive: a written reason is required to approve)"
+            # Set here, not in __init__: only an inconclusive verdict asks for it.
+            self.params = ParamsDict(
+                {
+                    REASON_PARAM: Param(
+                        "",
+                        type="string",
+                        description="Why approve although the accuracy gate was inconclusive "
+                        "(recorded with the promotion)",
+                    )
+                }
+            )
         models_page = self.models_page if self.models_page is not None else models_page_prefix()
         self.body = render_evidence(evidence, models_page=models_page)
         self.log.info("Approval requested from %s (timeout %s min, then Reject)", approvers, minutes)
@@ -191,11 +267,26 @@ class ApprovalSensor(ApprovalOperator):
         # drops the return value, and the run's outcome must still say who rejected.
         if "error" not in event:
             user = event.get("responded_by_user")
+            params_input = event.get("params_input") or {}
+            raw_reason = params_input.get(REASON_PARAM) if isinstance(params_input, dict) else None
+            reason = raw_reason.strip() if isinstance(raw_reason, str) and raw_reason.strip() else None
+            verdict = _verdict(self.evidence)
+            refused = None
+            if verdict == INCONCLUSIVE and event.get("chosen_options") == [self.APPROVE] and not reason:
+                refused = (
+                    "Approve without a written reason after an inconclusive accuracy gate: counted as Reject "
+                    f"(expected a non-empty '{REASON_PARAM}')"
+                )
+                self.log.warning("%s", refused)
+                event = {**event, "chosen_options": [self.REJECT]}
             decision = {
                 "chosen_options": event.get("chosen_options"),
                 "responded_by_user": user,
                 "responded_at": str(event.get("responded_at")),
                 "timed_out": bool(event.get("timedout")) or user is None,
+                "gate_verdict": verdict,
+                "reason": reason,
+                "refused": refused,
             }
             context["ti"].xcom_push(key="decision", value=decision)
             self.log.info("Decision: %s by %s", decision["chosen_options"], user or "timeout (default)")

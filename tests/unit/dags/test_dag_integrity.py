@@ -310,6 +310,9 @@ def test_string_params_agree_across_dag_params_validate_params_and_trainer(
         ("image", [IMAGE, "x", "", "a b", "x\n", "\tx"]),
         ("min_accuracy", [0, 1, 0.5, -0.01, 1.01, True, None]),
         ("max_regression", [0, 1, -1e-9, 1 + 1e-9]),
+        ("confidence_level", [0.5, 0.95, 0.999, 0.4999, 0.9991, 1, True]),
+        ("min_class_accuracy", [0, 1, 0.7, -0.01, 1.01]),
+        ("max_class_drop", [0, 1, 0.05, -0.01, 1.01]),
         (
             "retry_policy",
             [{"attempts": 1}, {"attempts": 100}, {"attempts": 0}, {"attempts": 101}, {"tries": 3}],

@@ -289,11 +289,22 @@ def test_rollback_without_an_earlier_version_or_reason_fails_naming_it(root: Pat
 
 
 def gate_decision(root: Path) -> dict[str, Any]:
-    """The real accuracy gate's `decision` XCom, taken on the store as it is now."""
+    """The real accuracy gate's `decision` XCom, taken on the store as it is now: the evaluation scored
+    the production model (if any) beside the candidate, which is clearly better (verdict pass)."""
     ti = FakeTI()
+    production = open_store(root.as_uri()).get_alias(MODEL, "production")
+    champion = (
+        {
+            "version": production["version"],
+            "generation": production["generation"],
+            "paired_counts": [[400, 50, 10, 40], [400, 50, 10, 40]],
+        }
+        if production
+        else None
+    )
     gate = AccuracyGateOperator(
         task_id="accuracy_gate",
-        metrics={"accuracy": 0.9},
+        metrics={"accuracy": 0.9, "confusion_matrix": [[450, 50], [50, 450]], "champion": champion},
         min_accuracy=0.5,
         pass_task_id="approval",
         fail_task_id="accuracy_rejected",
@@ -316,7 +327,8 @@ def test_the_gate_records_the_production_alias_it_compared_against(root: Path) -
     open_store(root.as_uri()).promote(MODEL, 1, run_id="seed", approved_by="carol", extra={"accuracy": 0.8})
     decision = gate_decision(root)
     assert (decision["production_version"], decision["production_generation"]) == (1, 1)
-    assert (decision["passed"], decision["production_accuracy"]) == (True, 0.8)
+    # The accuracy of production on the same examples, not the one recorded when it was promoted.
+    assert (decision["verdict"], decision["production_accuracy"]) == ("pass", 0.82)
 
 
 def test_promotion_after_production_moved_since_the_gate_fails_without_retry(root: Path) -> None:
@@ -439,3 +451,49 @@ def test_no_asset_outlet_or_event_when_turned_off(root: Path) -> None:
     ctx = context()
     operator.execute(ctx)
     assert alias_events(ctx) == []
+
+
+# --- what the promotion records of the gate, the approver's reason and the production endpoint -------------
+
+INCONCLUSIVE = {
+    "verdict": "inconclusive",
+    "passed": True,
+    "difference_interval": [-0.0041, 0.0061],
+    "accuracy_interval": [0.87, 0.89],
+    "production_version": 1,
+    "production_generation": 1,
+}
+
+
+def test_an_inconclusive_promotion_records_the_approvers_reason_in_the_history(root: Path) -> None:
+    store = seeded(root)
+    operator = checked_promote(root, INCONCLUSIVE)
+    operator.approval = {**APPROVAL, "reason": "  same accuracy, smaller model  "}
+    operator.production_endpoint = {"url": "http://127.0.0.1:8501", "version": 2}
+    record = operator.execute(context())
+    assert record["reason"] == (
+        "promoted (gate inconclusive, difference to production [-0.0041, +0.0061]); "
+        "approver's reason: same accuracy, smaller model"
+    )
+    assert (record["approval_reason"], record["gate_verdict"], record["endpoint_url"]) == (
+        "same accuracy, smaller model",
+        "inconclusive",
+        "http://127.0.0.1:8501",
+    )
+    assert record["gate_difference_interval"] == [-0.0041, 0.0061]
+    assert store.alias_history(MODEL, "production")[-1] == record
+
+
+def test_an_inconclusive_promotion_without_a_reason_is_refused(root: Path) -> None:
+    store = seeded(root)
+    with pytest.raises(AirflowFailException, match="inconclusive and the approval carries no written reason"):
+        checked_promote(root, INCONCLUSIVE).execute(context())
+    assert store.get_alias(MODEL, "production")["version"] == 1
+
+
+def test_a_rollback_keeps_the_endpoint_the_restored_version_was_promoted_with(root: Path) -> None:
+    store = open_store(root.as_uri())
+    store.promote(MODEL, 1, run_id="r1", approved_by="a", extra={"endpoint_url": "http://prod:8501"})
+    store.promote(MODEL, 2, run_id="r2", approved_by="a", extra={"endpoint_url": "http://prod:8501"})
+    record = store.rollback(MODEL, run_id="r3", requested_by="b", reason="bad")
+    assert (record["version"], record["endpoint_url"]) == (1, "http://prod:8501")

@@ -4,6 +4,7 @@ version's manifest in the store, the evaluation data from the .npz contract."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,14 +59,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def _train(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int) -> Any:
     import tensorflow as tf
 
-    root = tmp_path_factory.mktemp("wine")
-    x_train, y_train = blobs(600, 1)
-    x_test, y_test = blobs(150, 2)
-    tf.keras.utils.set_random_seed(0)
+    tf.keras.utils.set_random_seed(seed)
     model = tf.keras.Sequential(
         [
             tf.keras.Input((13,), name="input_layer"),
@@ -74,12 +71,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         ]
     )
     model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x_train.astype("float32"), y_train, epochs=5, verbose=0)
-    expected_pred = model.predict(x_test.astype("float32"), verbose=0).argmax(axis=1)
-    model.export(str(root / "export"), verbose=False)
+    model.fit(x.astype("float32"), y, epochs=epochs, verbose=0)
+    return model
 
-    store_uri = (root / "models").as_uri()
-    open_store(store_uri).publish(MODEL, 1, root / "export", {"class_names": NAMES})
+
+@contextlib.contextmanager
+def _serving(root: Path) -> Iterator[str]:
+    """The provider's serving server (a real process) on the store under `root`, until the block ends."""
     port = _free_port()
     module = "airflow_provider_mlpipe.images.serving.server"
     log = (root / "server.log").open("wb")
@@ -102,11 +100,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             time.sleep(0.1)
         else:
             raise AssertionError("server not AVAILABLE:\n" + (root / "server.log").read_text()[-3000:])
-        yield Served(url, store_uri, x_test, y_test, expected_pred, root)
+        yield url
     finally:
         proc.terminate()
         proc.wait(15)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("wine")
+    x_train, y_train = blobs(600, 1)
+    x_test, y_test = blobs(150, 2)
+    model = _train(x_train, y_train, epochs=5, seed=0)
+    expected_pred = model.predict(x_test.astype("float32"), verbose=0).argmax(axis=1)
+    model.export(str(root / "export"), verbose=False)
+
+    store_uri = (root / "models").as_uri()
+    open_store(store_uri).publish(MODEL, 1, root / "export", {"class_names": NAMES})
+    with _serving(root) as url:
+        yield Served(url, store_uri, x_test, y_test, expected_pred, root)
 
 
 class Ti:
@@ -252,3 +265,87 @@ def test_evaluation_data_is_required_and_named_once() -> None:
         ConfigError, match=re.escape("evaluation_data=None is invalid: expected the evaluation data")
     ):
         nothing._evaluation_data()
+
+
+# --- the champion: production scored beside the candidate, on the same examples ------------------------------
+
+
+@pytest.fixture(scope="module")
+def champion(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, np.ndarray]]:
+    """A second, weaker model (one epoch, another seed) on its own server: the model in production. Its
+    version number is 1 in its own store, as production v1 of the store the test promotes it in."""
+    root = tmp_path_factory.mktemp("wine-champion")
+    x_train, y_train = blobs(600, 1)
+    model = _train(x_train, y_train, epochs=1, seed=7)
+    pred = model.predict(served.x_test.astype("float32"), verbose=0).argmax(axis=1)
+    model.export(str(root / "export"), verbose=False)
+    open_store((root / "models").as_uri()).publish(MODEL, 1, root / "export", {"class_names": NAMES})
+    with _serving(root) as url:
+        yield url, pred
+
+
+def _store_with_production(served: Served, tmp_path: Path, record: dict[str, Any]) -> str:
+    uri = (tmp_path / "models").as_uri()
+    store = open_store(uri)
+    store.publish(MODEL, 1, served.root / "export", {"class_names": NAMES})
+    store.promote(MODEL, 1, run_id="seed", approved_by="carol", extra=record)
+    return uri
+
+
+def test_the_champion_is_scored_on_the_same_examples_and_paired_per_class(
+    served: Served, champion: tuple[str, np.ndarray], tmp_path: Path
+) -> None:
+    url, champion_pred = champion
+    store_uri = _store_with_production(served, tmp_path, {"endpoint_url": url, "accuracy": 0.5})
+    npz = write_evaluation_data(tmp_path / "wine.npz", served.x_test, served.y_test)
+    compare = sensor(served, str(npz), compare_with_production=True)
+    compare.model_store = store_uri
+    result = compare.poke({"ti": Ti()})  # type: ignore[arg-type]
+    assert isinstance(result, PokeReturnValue)
+    scored = result.xcom_value["champion"]
+    assert (scored["version"], scored["generation"], scored["endpoint_url"], scored["error"]) == (
+        1,
+        1,
+        url,
+        None,
+    )
+    assert scored["recorded_accuracy"] == 0.5
+    assert scored["accuracy"] == pytest.approx(float((champion_pred == served.y_test).mean()))
+    # The paired counts, computed here from both models' own in-process predictions.
+    expected = np.zeros((3, 4), dtype=int)
+    for label, mine, theirs in zip(served.y_test, served.expected_pred, champion_pred, strict=True):
+        expected[label, 2 * int(mine != label) + int(theirs != label)] += 1
+    assert scored["paired_counts"] == expected.tolist()
+    assert expected[:, 1].sum() + expected[:, 2].sum() > 0  # the two models do disagree somewhere
+    assert len(json.dumps(result.xcom_value)) < 3000
+
+
+def test_no_production_means_no_champion_and_an_unscorable_one_is_reported(
+    served: Served, tmp_path: Path
+) -> None:
+    npz = write_evaluation_data(tmp_path / "wine.npz", served.x_test, served.y_test)
+    first = sensor(served, str(npz), compare_with_production=True)
+    first.model_store = (tmp_path / "first").as_uri()
+    open_store(first.model_store).publish(MODEL, 1, served.root / "export", {"class_names": NAMES})
+    first_result = first.poke({"ti": Ti()})  # type: ignore[arg-type]
+    assert isinstance(first_result, PokeReturnValue) and first_result.xcom_value["champion"] is None
+
+    # A champion whose endpoint refuses connections (port 1): reported, the task does not fail.
+    store_uri = _store_with_production(served, tmp_path, {"endpoint_url": "http://127.0.0.1:1"})
+    dead = sensor(served, str(npz), compare_with_production=True)
+    dead.model_store = store_uri
+    dead_result = dead.poke({"ti": Ti()})  # type: ignore[arg-type]
+    assert isinstance(dead_result, PokeReturnValue)
+    error = dead_result.xcom_value["champion"]["error"]
+    assert error.startswith(f"production v1 of {MODEL} at http://127.0.0.1:1 could not be scored")
+    assert "paired_counts" not in dead_result.xcom_value["champion"]
+
+
+def test_a_champion_promoted_without_an_endpoint_is_reported(served: Served, tmp_path: Path) -> None:
+    npz = write_evaluation_data(tmp_path / "wine.npz", served.x_test, served.y_test)
+    store_uri = _store_with_production(served, tmp_path, {})
+    old = sensor(served, str(npz), compare_with_production=True)
+    old.model_store = store_uri
+    result = old.poke({"ti": Ti()})  # type: ignore[arg-type]
+    assert isinstance(result, PokeReturnValue)
+    assert "has no endpoint_url in its promotion record" in result.xcom_value["champion"]["error"]

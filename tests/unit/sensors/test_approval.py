@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import TaskAwaitingInput
 
 from airflow_provider_mlpipe.datasets.fashion_mnist import CLASS_NAMES as FASHION_CLASS_NAMES
 from airflow_provider_mlpipe.exceptions import ConfigError
@@ -175,3 +176,98 @@ def test_models_page_prefix_follows_the_api_base_url_path(monkeypatch: pytest.Mo
     assert models_page_prefix() == "/team-a/mlpipe-models"
     monkeypatch.setenv("AIRFLOW__MLPIPE__MODELS_PAGE_URL", "")
     assert models_page_prefix() == ""
+
+
+# --- the accuracy gate's verdict in the request, and the reason an inconclusive verdict needs ------------
+
+INCONCLUSIVE_GATE: dict[str, Any] = {
+    "verdict": "inconclusive",
+    "passed": True,
+    "confidence": 0.95,
+    "reasons": ["accuracy 0.8800 vs 0.8790 of production v5 on the same 10000 examples: straddles"],
+    "accuracy_interval": [0.8735, 0.8862],
+    "champion_accuracy": 0.879,
+    "difference": 0.001,
+    "difference_interval": [-0.0041, 0.0061],
+    "mcnemar_p": 0.71,
+    "discordant": [120, 110],
+    "broken_classes": [],
+    "uncertain_classes": [{"class": 6, "name": "Shirt", "floor": "min_class_accuracy"}],
+    "min_accuracy": 0.85,
+    "max_regression": 0.0,
+    "production_version": 5,
+    "production_accuracy": 0.879,
+}
+INCONCLUSIVE = {**EVIDENCE, "gate": INCONCLUSIVE_GATE}
+
+
+class FakeTI:
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+def test_render_evidence_shows_the_verdict_the_interval_and_asks_for_a_reason() -> None:
+    body = render_evidence(INCONCLUSIVE)
+    assert "**Accuracy gate: INCONCLUSIVE** (95% intervals)" in body
+    assert "write your reason in the `reason` field" in body
+    assert (
+        row(body, "Difference")
+        == "| Difference (candidate - production) | +0.0010, interval [-0.0041, +0.0061] |"
+    )
+    assert row(body, "Production v5 on the same") == "| Production v5 on the same examples | 0.8790 |"
+    assert row(body, "Accuracy interval") == "| Accuracy interval (staging) | [0.8735, 0.8862] |"
+    assert row(body, "May break a floor") == "| May break a floor | 6 Shirt (min_class_accuracy) |"
+    assert f"- {INCONCLUSIVE_GATE['reasons'][0]}" in body
+    passed = render_evidence({**EVIDENCE, "gate": {**INCONCLUSIVE_GATE, "verdict": "pass"}})
+    assert "**Accuracy gate: PASS**" in passed and "reason` field" not in passed
+
+
+def test_an_inconclusive_request_carries_a_reason_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HITL detail Airflow stores is captured instead of written to a metadata database (none here)."""
+    import airflow.providers.standard.operators.hitl as hitl
+
+    written: dict[str, Any] = {}
+    monkeypatch.setattr(hitl, "upsert_hitl_detail", lambda **kwargs: written.update(kwargs))
+    for evidence, expect_reason in ((INCONCLUSIVE, True), (EVIDENCE, False)):
+        written.clear()
+        sensor = ApprovalSensor(task_id="approval", evidence=evidence, approvers=["alice"])
+        # Airflow 3.3 parks the task by raising TaskAwaitingInput once the request is written.
+        with pytest.raises(TaskAwaitingInput):
+            sensor.execute({"params": {}, "task_instance": type("TI", (), {"id": "ti-1"})()})  # type: ignore[arg-type]
+        assert ("reason" in (written["params"] or {})) is expect_reason, written["params"]
+        assert ("written reason is required" in written["subject"]) is expect_reason
+
+
+def _answer(sensor: ApprovalSensor, option: str, params_input: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from datetime import UTC, datetime
+
+    ti = FakeTI()
+    event = {
+        "chosen_options": [option],
+        "params_input": params_input,
+        "responded_at": datetime(2026, 12, 1, tzinfo=UTC),
+        "responded_by_user": {"id": "alice", "name": "alice"},
+        "timedout": False,
+    }
+    result = sensor.execute_complete({"ti": ti, "task": sensor}, event)  # type: ignore[arg-type]
+    return result, ti.pushed["decision"]
+
+
+def test_approving_an_inconclusive_gate_needs_a_written_reason() -> None:
+    sensor = ApprovalSensor(task_id="approval", evidence=INCONCLUSIVE)
+    result, decision = _answer(sensor, "Approve", {"reason": "  "})
+    assert result["chosen_options"] == ["Reject"] and decision["chosen_options"] == ["Reject"]
+    assert "counted as Reject" in decision["refused"] and decision["reason"] is None
+
+    result, decision = _answer(sensor, "Approve", {"reason": " seasonal data shift, verified by hand "})
+    assert result["chosen_options"] == ["Approve"]
+    assert decision["reason"] == "seasonal data shift, verified by hand"
+    assert (decision["gate_verdict"], decision["refused"]) == ("inconclusive", None)
+
+
+def test_a_passed_gate_needs_no_reason() -> None:
+    result, decision = _answer(ApprovalSensor(task_id="approval", evidence=EVIDENCE), "Approve", {})
+    assert result["chosen_options"] == ["Approve"] and decision["refused"] is None
