@@ -112,6 +112,7 @@ def build_pipeline(
     smtp_conn_id: str | None = None,
     email_to: str | Sequence[str] | None = None,
     models_page: str | None = None,
+    production_pool: str | None = None,
 ) -> DAG:
     """The pipeline DAG for one model.
 
@@ -132,6 +133,9 @@ def build_pipeline(
         `[mlpipe] notify_smtp_conn_id` and `notify_email_to` (empty: no e-mail).
     :param models_page: path or URL of the Models page plugin for the approval's pictures and link; None:
         `[mlpipe] models_page_url`, else `/mlpipe-models` on the UI's host; "": no pictures.
+    :param production_pool: an Airflow pool (one slot, counting deferred tasks) for the tasks that change
+        or check production, so that two approved runs change it one at a time; None: no pool (the
+        runtimes still refuse a stale write and a superseded rollout).
     """
     evaluation_data = _check_evaluation_data(evaluation_data)
     params = pipeline_params(model_name, param_defaults)
@@ -159,7 +163,9 @@ def build_pipeline(
         tags=list(tags),
         doc_md=doc_md or __doc__,
     ) as dag:
-        _pipeline_tasks(evaluation_data, local_training_command, dataset_check, notifiers, models_page)
+        _pipeline_tasks(
+            evaluation_data, local_training_command, dataset_check, notifiers, models_page, production_pool
+        )
     return dag
 
 
@@ -169,7 +175,10 @@ def _pipeline_tasks(
     dataset_check: Callable[[str], object] | None,
     notifiers: Mapping[Event, list[BaseNotifier]],
     models_page: str | None,
+    production_pool: str | None,
 ) -> None:
+    production = _production_pool(production_pool)
+
     @task(retries=0)
     def validate_params(**context: Any) -> dict[str, object]:
         """Reject bad input before any work starts; nothing in production changes.
@@ -263,6 +272,7 @@ def _pipeline_tasks(
     ).as_teardown(setups=deploy_staging)
     deploy_production = ServingDeployOperator(
         task_id="deploy_production",
+        **production,
         endpoint="production",
         model_name=MODEL,
         version=XComArg(train, key="version"),
@@ -272,6 +282,7 @@ def _pipeline_tasks(
     )
     verify_production = AccuracySensor(
         task_id="verify_production",
+        **production,
         endpoint_url=XComArg(deploy_production, key="url"),
         model_name=MODEL,
         version=XComArg(train, key="version"),
@@ -284,6 +295,7 @@ def _pipeline_tasks(
     )
     rollback_production = ServingDeployOperator(
         task_id="rollback_production",
+        **production,
         endpoint="production",
         model_name=MODEL,
         from_alias="production",
@@ -297,6 +309,7 @@ def _pipeline_tasks(
     )
     promote_model = ModelPromoteOperator(
         task_id="promote_model",
+        **production,
         model_name=MODEL,
         version=XComArg(train, key="version"),
         model_store=STORE,
@@ -338,6 +351,14 @@ def _shared(name: str, model_name: str, description: str | None = None) -> Param
     return Param(**kwargs)
 
 
+def _production_pool(pool: str | None) -> dict[str, str]:
+    if pool is None:
+        return {}
+    if not isinstance(pool, str) or not pool.strip():
+        raise ConfigError("production_pool", pool, "None or an Airflow pool name")
+    return {"pool": pool}
+
+
 def build_rollback_pipeline(
     *,
     dag_id: str,
@@ -350,6 +371,7 @@ def build_rollback_pipeline(
     dingtalk_conn_id: str | None = None,
     smtp_conn_id: str | None = None,
     email_to: str | Sequence[str] | None = None,
+    production_pool: str | None = None,
 ) -> DAG:
     """The DAG that puts the previous production version of `model_name` back and serves it.
 
@@ -357,9 +379,11 @@ def build_rollback_pipeline(
     becomes `previous`) -> deploy production from that version -> verify production with a sample. A
     retried or repeated task of the same run adopts the rollback it already made instead of rolling back
     twice. One run at a time: two at once would each move the alias one step. Notifications (rolled back, a
-    step failed) as `build_pipeline`'s.
+    step failed) as `build_pipeline`'s; `production_pool` too (the pipeline's pool serializes a rollback
+    with the pipelines' production changes).
     """
     check_model_name(model_name)
+    production = _production_pool(production_pool)
     notifiers = pipeline_notifiers(
         dingtalk_conn_id=dingtalk_conn_id, smtp_conn_id=smtp_conn_id, email_to=email_to
     )
@@ -403,6 +427,7 @@ def build_rollback_pipeline(
     ) as dag:
         rollback = ModelRollbackOperator(
             task_id="rollback_alias",
+            **production,
             model_name=MODEL,
             model_store=STORE,
             reason="{{ params.reason }}",
@@ -410,6 +435,7 @@ def build_rollback_pipeline(
         )
         deploy_production = ServingDeployOperator(
             task_id="deploy_production",
+            **production,
             endpoint="production",
             model_name=MODEL,
             version=XComArg(rollback, key="version"),
@@ -419,6 +445,7 @@ def build_rollback_pipeline(
         )
         verify_production = AccuracySensor(
             task_id="verify_production",
+            **production,
             endpoint_url=XComArg(deploy_production, key="url"),
             model_name=MODEL,
             version=XComArg(rollback, key="version"),

@@ -153,3 +153,26 @@ def test_notification_channels_from_the_configuration(monkeypatch: pytest.Monkey
     quiet = build_pipeline(dag_id="mlpipe_churn", model_name="churn", evaluation_data="x.npz")
     assert quiet.task_dict["approval"].notifiers == []
     assert quiet.task_dict["train"].on_failure_callback in (None, [])
+
+
+PRODUCTION_TASKS = {"deploy_production", "verify_production", "rollback_production", "promote_model"}
+
+
+def test_a_production_pool_serializes_every_task_that_changes_or_checks_production() -> None:
+    arguments = {
+        "model_name": "churn",
+        "evaluation_data": "/data/eval.npz",
+        "production_pool": "mlpipe_production",
+    }
+    dag = build_pipeline(dag_id="mlpipe_churn", **arguments)
+    pooled = {task_id for task_id, task in dag.task_dict.items() if task.pool == "mlpipe_production"}
+    assert pooled == PRODUCTION_TASKS
+    rollback = build_rollback_pipeline(dag_id="churn_rollback", **arguments)
+    assert {task.pool for task in rollback.tasks} == {"mlpipe_production"}
+    # Without the argument nothing waits for a pool that may not exist.
+    default = build_pipeline(dag_id="mlpipe_churn2", model_name="churn", evaluation_data="/data/eval.npz")
+    assert {task.pool for task in default.tasks} == {"default_pool"}
+    with pytest.raises(ConfigError, match="production_pool=' ' is invalid"):
+        build_pipeline(
+            dag_id="mlpipe_churn3", model_name="churn", evaluation_data="/e.npz", production_pool=" "
+        )
