@@ -270,28 +270,13 @@ def _pipeline_tasks(
         model_name=MODEL,
         runtime=RUNTIME,
     ).as_teardown(setups=deploy_staging)
-    deploy_production = ServingDeployOperator(
-        task_id="deploy_production",
-        **production,
-        endpoint="production",
-        model_name=MODEL,
-        version=XComArg(train, key="version"),
-        runtime=RUNTIME,
-        model_store=STORE,
+    deploy_production, verify_production = _serve_production(
+        XComArg(train, key="version"),
+        evaluation_data,
         replicas="{{ params.kubernetes.replicas | default(1) }}",
-    )
-    verify_production = AccuracySensor(
-        task_id="verify_production",
-        **production,
-        endpoint_url=XComArg(deploy_production, key="url"),
-        model_name=MODEL,
-        version=XComArg(train, key="version"),
-        evaluation_data=evaluation_data,
-        model_store=STORE,
-        sample_size="{{ params.verify_sample }}",
+        production=production,
         baseline_accuracy=XComArg(evaluate_staging, key="accuracy"),
         tolerance=0.05,
-        retries=1,
     )
     rollback_production = ServingDeployOperator(
         task_id="rollback_production",
@@ -351,7 +336,43 @@ def _shared(name: str, model_name: str, description: str | None = None) -> Param
     return Param(**kwargs)
 
 
-def _production_pool(pool: str | None) -> dict[str, str]:
+def _serve_production(
+    version: XComArg,
+    evaluation_data: str,
+    *,
+    replicas: str,
+    production: Mapping[str, Any],
+    **verify: Any,
+) -> tuple[ServingDeployOperator, AccuracySensor]:
+    """deploy_production -> verify_production of `version`, as the pipeline and the rollback DAG run them;
+    `verify` adds to the check (the pipeline compares with the staging score)."""
+    deploy = ServingDeployOperator(
+        task_id="deploy_production",
+        **production,
+        endpoint="production",
+        model_name=MODEL,
+        version=version,
+        runtime=RUNTIME,
+        model_store=STORE,
+        replicas=replicas,
+    )
+    check = AccuracySensor(
+        task_id="verify_production",
+        **production,
+        endpoint_url=XComArg(deploy, key="url"),
+        model_name=MODEL,
+        version=version,
+        evaluation_data=evaluation_data,
+        model_store=STORE,
+        sample_size="{{ params.verify_sample }}",
+        retries=1,
+        **verify,
+    )
+    deploy >> check
+    return deploy, check
+
+
+def _production_pool(pool: str | None) -> dict[str, Any]:
     if pool is None:
         return {}
     if not isinstance(pool, str) or not pool.strip():
@@ -433,26 +454,11 @@ def build_rollback_pipeline(
             reason="{{ params.reason }}",
             on_success_callback=notifiers["rolled_back"],
         )
-        deploy_production = ServingDeployOperator(
-            task_id="deploy_production",
-            **production,
-            endpoint="production",
-            model_name=MODEL,
-            version=XComArg(rollback, key="version"),
-            runtime=RUNTIME,
-            model_store=STORE,
+        deploy_production, _ = _serve_production(
+            XComArg(rollback, key="version"),
+            evaluation_data,
             replicas="{{ params.replicas }}",
+            production=production,
         )
-        verify_production = AccuracySensor(
-            task_id="verify_production",
-            **production,
-            endpoint_url=XComArg(deploy_production, key="url"),
-            model_name=MODEL,
-            version=XComArg(rollback, key="version"),
-            evaluation_data=evaluation_data,
-            model_store=STORE,
-            sample_size="{{ params.verify_sample }}",
-            retries=1,
-        )
-        rollback >> deploy_production >> verify_production
+        rollback >> deploy_production
     return dag
