@@ -1,8 +1,9 @@
 """What the Models page shows, read through the model store API (file:// and oss://).
 
 A published version never changes (its manifest is checked against its completion marker), so manifests
-are cached in-process for good; aliases, evaluations and the version list are read again after
-`ttl` seconds. With 500 versions the first read of a model fetches the manifests in parallel, later pages
+are cached in-process for good; aliases, evaluations and the version list are read on every request by
+default (`ttl` 0): a person who just approved a promotion must see it at once, and those reads are a few
+small objects. With 500 versions the first read of a model fetches the manifests in parallel, later pages
 read only the alias histories and the version list.
 """
 
@@ -38,7 +39,7 @@ def _run_link(run: object) -> dict[str, str] | None:
 class ModelsData:
     """Reads one store for the page; thread-safe, shared by the app's requests."""
 
-    def __init__(self, store: ModelStore, *, ttl: float = 15.0) -> None:
+    def __init__(self, store: ModelStore, *, ttl: float = 0.0) -> None:
         self.store = store
         self.ttl = ttl
         self._manifests: dict[tuple[str, int], dict[str, Any]] = {}

@@ -123,6 +123,18 @@ def test_version_against_production_uses_the_recorded_evaluations(store: ModelSt
     assert body["confusion_matrix"] is None
 
 
+def test_a_promotion_shows_on_the_next_read(tmp_path: Path) -> None:
+    """The page read the aliases (the approval's pictures do, while the run waits); the approver promotes;
+    the next read shows the new production, not a cached one."""
+    store = open_store((tmp_path / "models").as_uri())
+    publish(store, tmp_path, 1, 0.8)
+    data = ModelsData(store)
+    assert data.model(MODEL)["production"] is None
+    store.promote(MODEL, 1, run_id="mlpipe_fashion_mnist/run-1", approved_by="alice", extra={"accuracy": 0.8})
+    assert data.model(MODEL)["production"] == {"version": 1, "accuracy": 0.8}
+    assert {row["version"]: row["aliases"] for row in data.model(MODEL)["versions"]} == {1: ["production"]}
+
+
 def test_no_production_yet(tmp_path: Path) -> None:
     store = open_store((tmp_path / "models").as_uri())
     publish(store, tmp_path, 1, 0.8)
@@ -137,7 +149,7 @@ def test_500_versions_read_each_manifest_once(tmp_path: Path) -> None:
     for version in range(1, 501):
         publish(store, tmp_path, version, 0.8 + version / 10_000)
     backend = CountingBackend(root)
-    data = ModelsData(ModelStore(backend), ttl=0)  # ttl 0: aliases and version list read on every call
+    data = ModelsData(ModelStore(backend))  # aliases and the version list are read on every call
     first = data.model(MODEL)
     assert len(first["versions"]) == 500
     assert backend.reads["manifest"] == 500
