@@ -73,13 +73,14 @@ def pipeline_params(model_name: str, param_defaults: Mapping[str, Any] | None = 
         kwargs = spec.param_kwargs()
         if name in overrides:
             kwargs["default"] = overrides[name]
+        params[name] = Param(**kwargs)
+        if name in overrides:
             try:
-                Param(**kwargs).resolve()
+                params[name].resolve()
             except ParamValidationError as exc:
                 raise ConfigError(
                     f"param_defaults[{name!r}]", overrides[name], f"a value the param accepts ({exc})"
                 ) from None
-        params[name] = Param(**kwargs)
     return ParamsDict(params)
 
 

@@ -15,7 +15,6 @@ module without Airflow.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_mlpipe.exceptions import ConfigError
-from airflow_provider_mlpipe.params import DIGEST_RE, HYPERPARAMETERS, image_digest
+from airflow_provider_mlpipe.params import DIGEST_EXPECTED, DIGEST_RE, FRACTION, HYPERPARAMETERS, image_digest
 
 # The environment every trainer receives (the values are strings, as environment variables are).
 ENV_MODEL_STORE = "MLPIPE_MODEL_STORE"
@@ -118,7 +117,7 @@ class TrainingRun:
             raise ConfigError(ENV_VERSION, raw_version, "an integer >= 1")
         digest = env.get(ENV_DIGEST, "").strip() or None
         if digest and not DIGEST_RE.fullmatch(digest):
-            raise ConfigError(ENV_DIGEST, digest, "empty or 'sha256:' followed by 64 lowercase hex digits")
+            raise ConfigError(ENV_DIGEST, digest, f"empty or {DIGEST_EXPECTED}")
         hyperparameters: dict[str, int | float] = {}
         for name, bounded in HYPERPARAMETERS.items():
             raw = env.get(hyperparameter_env(name), "").strip()
@@ -167,12 +166,7 @@ class TrainingRun:
         export = Path(export_dir)
         if not (export / "saved_model.pb").is_file():
             raise ConfigError("export_dir", str(export), "a directory holding a SavedModel (saved_model.pb)")
-        if (
-            not isinstance(test_accuracy, int | float)
-            or not 0 <= test_accuracy <= 1
-            or math.isnan(test_accuracy)
-        ):
-            raise ConfigError("test_accuracy", test_accuracy, "a number in [0, 1]")
+        accuracy = FRACTION.check("test_accuracy", test_accuracy)
         names = list(class_names)
         if (
             len(names) < 2
@@ -182,7 +176,7 @@ class TrainingRun:
             raise ConfigError(
                 "class_names", class_names, "at least 2 distinct non-empty strings, one per output"
             )
-        all_metrics = {**dict(metrics or {}), "test_accuracy": round(float(test_accuracy), 4)}
+        all_metrics = {**dict(metrics or {}), "test_accuracy": round(accuracy, 4)}
         (export / METRICS).write_text(json.dumps(all_metrics, indent=2, sort_keys=True) + "\n", "utf-8")
         manifest = {
             **dict(extra or {}),

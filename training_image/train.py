@@ -47,7 +47,18 @@ from airflow_provider_mlpipe.exceptions import ConfigError, DatasetError
 from airflow_provider_mlpipe.holds import hold
 from airflow_provider_mlpipe.modelstore import METRICS, open_store
 from airflow_provider_mlpipe.params import DIGEST_EXPECTED, DIGEST_RE, HYPERPARAMETERS
-from airflow_provider_mlpipe.training import manifest_digest
+from airflow_provider_mlpipe.training import (
+    ENV_DATASET,
+    ENV_DIGEST,
+    ENV_IMAGE,
+    ENV_MODEL_NAME,
+    ENV_MODEL_STORE,
+    ENV_RUN_ID,
+    ENV_SCRATCH_DIR,
+    ENV_VERSION,
+    hyperparameter_env,
+    manifest_digest,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -113,21 +124,19 @@ ARCHITECTURE = "rescale-conv16-bn-relu-pool-conv32-bn-relu-pool-dropout0.2-dense
 
 # Flag -> environment variable. The order is the order of --help.
 ENV_VARS: dict[str, str] = {
-    "--dataset": "MLPIPE_DATASET",
-    "--model-store": "MLPIPE_MODEL_STORE",
-    "--model-name": "MLPIPE_MODEL_NAME",
-    "--version": "MLPIPE_MODEL_VERSION",
-    "--epochs": "MLPIPE_EPOCHS",
-    "--batch-size": "MLPIPE_BATCH_SIZE",
-    "--learning-rate": "MLPIPE_LEARNING_RATE",
-    "--seed": "MLPIPE_SEED",
-    "--train-limit": "MLPIPE_TRAIN_LIMIT",
-    "--test-limit": "MLPIPE_TEST_LIMIT",
-    "--threads": "MLPIPE_THREADS",
-    "--image": "MLPIPE_IMAGE",
-    "--digest": "MLPIPE_IMAGE_DIGEST",
-    "--run-id": "MLPIPE_RUN_ID",
-    "--scratch-dir": "MLPIPE_SCRATCH_DIR",
+    "--dataset": ENV_DATASET,
+    "--model-store": ENV_MODEL_STORE,
+    "--model-name": ENV_MODEL_NAME,
+    "--version": ENV_VERSION,
+    # The training contract's hyperparameter variables (MLPIPE_EPOCHS, ...), in the order of --help.
+    **{
+        f"--{name.replace('_', '-')}": hyperparameter_env(name)
+        for name in ("epochs", "batch_size", "learning_rate", "seed", "train_limit", "test_limit", "threads")
+    },
+    "--image": ENV_IMAGE,
+    "--digest": ENV_DIGEST,
+    "--run-id": ENV_RUN_ID,
+    "--scratch-dir": ENV_SCRATCH_DIR,
 }
 
 _HELP: dict[str, str] = {

@@ -136,7 +136,6 @@ class AccuracySensor(StoreOperator, BaseSensorOperator):
         self.baseline_accuracy = baseline_accuracy
         self.tolerance = tolerance
         self.record_as = record_as
-
         self.compare_with_production = compare_with_production
         self.champion_endpoint_url = champion_endpoint_url
 
