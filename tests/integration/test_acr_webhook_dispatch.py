@@ -5,6 +5,8 @@ processes (each runs its own dispatcher, as workers and replicas do), dag-proces
   digests: the claims (`FOR UPDATE SKIP LOCKED`) and the deterministic run id keep it one run per image.
 - An api-server SIGKILLed in the middle of a batch (held at the dispatcher's hold point, after it wrote
   the runs and before it committed): after the restart every acknowledged event has its run, none twice.
+  Both api-servers have the hold point: the one that received the pushes waits for a pause in them before
+  it dispatches, so the other one's poll may claim the events first; the test kills whichever holds a batch.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Servers:
             f"http://127.0.0.1:{second_port}/mlpipe/webhooks/acr",
         ]
         self.hold_file = hold_file
+        self.components = ("api-server", "api-server-2")
 
     def deliver(self, server: int, body: bytes, session: requests.Session | None = None) -> requests.Response:
         return (session or requests).post(
@@ -133,10 +136,13 @@ def servers(
                 "dag_processor": {"refresh_interval": "3", "min_file_process_interval": "30"},
                 "mlpipe": {"acr_webhook_retry_interval": "1", "acr_webhook_config_ttl": "0"},
             },
-            # Only the first api-server has the hold point; it holds only while the file exists.
+            # Both api-servers have the hold point; they hold only while the file exists.
             component_env={
                 "api-server": {env_name(HOLD_POINT): str(hold_file)},
-                "api-server-2": {"AIRFLOW__API__PORT": str(second_port)},
+                "api-server-2": {
+                    "AIRFLOW__API__PORT": str(second_port),
+                    env_name(HOLD_POINT): str(hold_file),
+                },
             },
         )
     )
@@ -203,8 +209,12 @@ def test_api_server_killed_mid_batch_every_acknowledged_event_gets_exactly_one_r
     servers: Servers, admin: AirflowClient
 ) -> None:
     stack = servers.stack
-    log = stack.home / "logs" / "api-server.log"
-    held_before = log.read_text(errors="replace").count(f"{HELD} {HOLD_POINT}")
+    logs = [stack.home / "logs" / f"{name}.log" for name in servers.components]
+
+    def held_counts() -> list[int]:
+        return [log.read_text(errors="replace").count(f"{HELD} {HOLD_POINT}") for log in logs]
+
+    held_before = held_counts()
     before = run_ids(admin)
     servers.hold_file.write_text("hold")
     try:
@@ -212,28 +222,31 @@ def test_api_server_killed_mid_batch_every_acknowledged_event_gets_exactly_one_r
             acked = [servers.deliver(0, payload(KILL_REPO, n), session) for n in range(1, 31)]
         assert {r.status_code for r in acked} == {202}
         expected = {r.json()["run_id"] for r in acked}
-        # The first server's dispatcher was woken by its first push and now holds a batch: runs written,
-        # not committed. Wait for that, not for a stretch of time.
-        wait_until(
-            lambda: log.read_text(errors="replace").count(f"{HELD} {HOLD_POINT}") > held_before,
+        # A dispatcher (the first server's once the pushes pause, or the second one's poll) now holds a
+        # batch: runs written, not committed. Wait for that, not for a stretch of time.
+        holding = wait_until(
+            lambda: [
+                i for i, (now, was) in enumerate(zip(held_counts(), held_before, strict=True)) if now > was
+            ],
             120,
-            "the dispatcher holding its batch",
+            "a dispatcher holding its batch",
         )
-        # The held batch's events are locked, so the other server skips them: they are still `received`
+        victim, survivor = holding[0], 1 - holding[0]
+        # The held batch's events are locked, so no other dispatcher takes them: they are still `received`
         # and their runs, written but not committed, are visible to nobody.
         # (Runs read first: an event still `received` after that had no committed run then, since a batch
         # commits runs and states together.)
         runs = set(run_ids(admin))
-        events = servers.events(1)
+        events = servers.events(survivor)
         held = {r for r in expected if events[r]["state"] == "received"}
         assert held
         assert not held & runs
-        stack.kill_component("api-server", signal.SIGKILL)
+        stack.kill_component(servers.components[victim], signal.SIGKILL)
     finally:
         servers.hold_file.unlink(missing_ok=True)
         restarted = stack.restore(240)
-    assert restarted == ["api-server"]
-    wait_serving(servers.urls[0])
+    assert restarted == [servers.components[victim]]
+    wait_serving(servers.urls[victim])
 
     def all_created() -> bool:
         events = servers.events(0)

@@ -683,6 +683,7 @@ def test_dispatcher_runs_in_the_app_lifespan_and_is_woken_by_a_push(tmp_path: Pa
         event_log=lambda: h.events,
         create_runs=h.airflow.create_runs,
         run_states=h.airflow.run_states,
+        gc_freeze=lambda: False,
     )
     with TestClient(app) as client:
         resp = client.post(URL, json=payload(), params={"token": SECRET})
