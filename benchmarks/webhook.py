@@ -7,7 +7,8 @@ dispatcher creates the runs behind the inbox, in batches. A repeat ends once eve
 (runs == unique digests is checked then), and the time from acknowledgement to run creation is read from
 the event table (`run_created_at - received_at`).
 
-Run: python -m benchmarks.webhook [--repeats 3] [--deliveries 1000] [--concurrency 16] [--database sqlite]"""
+Run: python -m benchmarks.webhook [--repeats 3] [--deliveries 1000] [--concurrency 16] [--database sqlite]
+(results/webhook.json; other settings write results/webhook-<deliveries>-c<concurrency>-<database>.json)"""
 
 from __future__ import annotations
 

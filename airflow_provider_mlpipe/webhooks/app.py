@@ -95,8 +95,8 @@ def freeze_startup_heap() -> int:
     """Move every object alive now out of the cyclic garbage collector's reach; returns how many.
 
     Measured in the api-server (benchmarks/webhook.py): its full collections scanned the ~650,000
-    objects Airflow builds at start-up (modules, the app, configuration), 200 to 330 ms each, every half
-    minute or so under a push burst: every request in flight waited for one, which made the p99 latency.
+    objects Airflow builds at start-up (modules, the app, configuration), 200 to 330 ms each, every 10 to
+    25 s under the benchmark's bursts: every request in flight waited for one, which made the p99 latency.
     Those objects live as long as the process, so scanning them finds nothing; after `gc.freeze()` a
     full collection took 14 to 24 ms. The collection first frees what is already garbage.
     """
