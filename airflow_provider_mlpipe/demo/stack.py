@@ -268,22 +268,40 @@ class AirflowStack:
         raise TimeoutError(f"Airflow at {self.url} not healthy after {timeout:.0f} s: {last}")
 
     def stop(self, timeout: float = 30) -> None:
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+        """SIGTERM everything, the api-servers last; SIGKILL what is left after `timeout` seconds.
+
+        The api-servers go last because a running task's supervisor reports the task's end through the
+        api-server's Execution API: with the api-server gone first it retried that report, the scheduler
+        waited for its executor's tasks, and the stop took the whole timeout (30 s a module in the tests).
+        The tasks (in sessions of their own, so outside the components' process groups) get SIGTERM with
+        the first wave and end as killed tasks do.
+        """
         deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        api_servers = {name for name in self.procs if name.startswith("api-server")}
+        spare = set()
+        for name in api_servers:
+            with contextlib.suppress(ProcessLookupError):
+                spare.add(os.getpgid(self.procs[name].pid))
+        for wave in ([n for n in self.procs if n not in api_servers], sorted(api_servers)):
+            for name in wave:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                    os.killpg(self.procs[name].pid, signal.SIGTERM)
+            if wave and wave[0] not in api_servers:
+                self.kill_strays(signal.SIGTERM, spare_groups=spare)
+            for name in wave:
+                proc = self.procs[name]
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         self.procs.clear()
         self.kill_strays()
 
-    def kill_strays(self) -> list[int]:
-        """SIGKILL every process left that carries this stack's mark in its environment.
+    def kill_strays(self, sig: int = signal.SIGKILL, spare_groups: set[int] | None = None) -> list[int]:
+        """SIGKILL (or `sig`) every process left that carries this stack's mark in its environment, but
+        those in a process group of `spare_groups`.
 
         A component's process group is not all it started: Airflow's task processes and the local
         runtime's supervisors run in sessions of their own, and a component killed with SIGKILL leaves
@@ -301,7 +319,9 @@ class AirflowStack:
                 continue
             if marker in environ:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+                    if spare_groups and os.getpgid(int(entry.name)) in spare_groups:
+                        continue
+                    os.kill(int(entry.name), sig)
                     killed.append(int(entry.name))
         return killed
 

@@ -2,7 +2,9 @@
 processes started here, twice: SQLite + LocalExecutor (the embedded default) and PostgreSQL +
 CeleryExecutor with two Celery workers on Redis (production-like). The local runtime runs real TensorFlow training and a
 real TF-Serving-compatible server. Nothing is emulated; only the data is small (a few thousand images,
-two epochs) so the whole module takes a few minutes on two cores.
+two epochs) so the whole module takes a few minutes on two cores. Three tests that do not depend on the
+stack run on one (`one_stack`): the CLI trigger on SQLite (the CLI's refusals still run on both), the
+rollback and the second team's pipeline on the production-like stack.
 
 One more run, started by the ACR webhook, checks that no secret reaches a log: it trains on the `kubernetes`
 runtime with an `oss://` store, so its tasks and the triggerer load the `kubernetes_default` kubeconfig
@@ -548,6 +550,7 @@ def test_bad_conf_is_refused_by_the_rest_api(admin: AirflowClient, conf: dict[st
     assert admin.call("GET", f"/dags/{DAG_ID}/dagRuns")["total_entries"] == before
 
 
+@pytest.mark.one_stack("sqlite-local")  # the CLI on PostgreSQL: the refusal tests below run on both
 def test_cli_trigger_with_conf(stack: AirflowStack, admin: AirflowClient) -> None:
     """`airflow dags trigger --conf` creates a run with the conf (and the Params defaults filled in)."""
     conf = {**BASE_CONF, "min_accuracy": 0.999, "hyperparameters": {"epochs": 1, "train_limit": 500}}
@@ -677,6 +680,7 @@ def test_no_secret_reaches_any_log(
 ROLLBACK_DAG_ID = "mlpipe_rollback_production"
 
 
+@pytest.mark.one_stack("postgres-celery")  # an operation on production: the production-like stack
 def test_rollback_restores_the_previous_model_and_production_serves_it(
     stack: AirflowStack, admin: AirflowClient, promoted: dict[str, Any]
 ) -> None:
@@ -725,6 +729,7 @@ def test_rollback_restores_the_previous_model_and_production_serves_it(
     assert _running_endpoints(stack) == ["serve-fashion-mnist-production"]
 
 
+@pytest.mark.one_stack("postgres-celery")  # what differs is the team's code, not the stack
 def test_a_second_team_pipeline_runs_end_to_end_with_its_own_image_model_and_data(
     stack: AirflowStack, admin: AirflowClient, tmp_path: Path
 ) -> None:
