@@ -283,11 +283,12 @@ class AirflowStack:
         for name in api_servers:
             with contextlib.suppress(ProcessLookupError):
                 spare.add(os.getpgid(self.procs[name].pid))
-        for wave in ([n for n in self.procs if n not in api_servers], sorted(api_servers)):
+        others = [name for name in self.procs if name not in api_servers]
+        for wave, with_tasks in ((others, True), (sorted(api_servers), False)):
             for name in wave:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.procs[name].pid, signal.SIGTERM)
-            if wave and wave[0] not in api_servers:
+            if with_tasks:
                 self.kill_strays(signal.SIGTERM, spare_groups=spare)
             for name in wave:
                 proc = self.procs[name]

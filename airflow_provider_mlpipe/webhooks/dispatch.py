@@ -501,9 +501,10 @@ class Dispatcher:
         events stay for the next dispatcher).
         """
         total = 0
+        batch_size = self.settings().batch_size
         while not (paced and self._stopping.is_set()):
             busy = paced and self.quiet_left() > 0
-            limit = min(BUSY_SLICE, self.settings().batch_size) if busy else self.settings().batch_size
+            limit = min(BUSY_SLICE, batch_size) if busy else batch_size
             started = self.clock()
             try:
                 claimed = self.dispatch(states, limit=limit)
